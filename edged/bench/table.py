@@ -1,0 +1,62 @@
+"""The one table ``edged bench`` prints: edged's figures with raw mlx-lm and llama.cpp beside them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+COLUMNS = ("edged", "raw mlx-lm", "edged/raw", "llama.cpp", "edged/llama")
+
+
+def _fmt(v: Any, spec: str = ".1f") -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return format(v, spec)
+    return str(v)
+
+
+def _ratio(a: Any, b: Any) -> str:
+    return f"{a / b:.3f}x" if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b else "-"
+
+
+def render(doc: dict[str, Any]) -> str:
+    e, b, l = doc["edged"], doc.get("baseline") or {}, doc.get("llama_cpp") or {}
+    lines = [doc["title"], f"{'':44}" + "".join(f"{c:>13}" for c in COLUMNS)]
+
+    def row(label: str, ev: Any, bv: Any = None, lv: Any = None, spec: str = ".1f") -> None:
+        cells = [_fmt(ev, spec), _fmt(bv, spec), _ratio(ev, bv), _fmt(lv, spec), _ratio(ev, lv)]
+        lines.append(f"{label:44}" + "".join(f"{c:>13}" for c in cells))
+
+    row("first command ms (builds grammar + prefix cache)", e["first_command_ms"])
+    for p in ("p50", "p95", "p99"):
+        row(f"command latency idle {p} ms", e["idle"][f"{p}_ms"], b.get(f"{p}_ms"), l.get(f"{p}_ms"))
+    dq = e["during_query"]
+    for p in ("p50", "p95", "p99"):
+        row(f"  while a query runs {p} ms (vs idle: {_ratio(dq[f'{p}_ms'], e['idle'][f'{p}_ms'])})", dq[f"{p}_ms"])
+    for c, t in e["throughput"].items():
+        row(f"throughput, concurrency {c}, commands/s", t["per_s"], spec=".3f")
+    if "1" in e["throughput"] and "8" in e["throughput"]:
+        lines.append(f"  concurrency 8 vs 1: {_ratio(e['throughput']['8']['per_s'], e['throughput']['1']['per_s'])}")
+    row("prompt tok/s (whole prompt / time to 1st token)", e["prompt_tok_s"], b.get("prompt_tok_s"), l.get("prompt_tok_s"))
+    row("prefill tok/s (tokens computed, cache excluded)", e["prefill_tok_s"], b.get("prefill_tok_s"), l.get("prefill_tok_s"))
+    row("decode tok/s", e["decode_tok_s"], b.get("decode_tok_s"), l.get("decode_tok_s"))
+    c = e["cache"]
+    row("prompt-cache hit rate (commands)", c["hit_rate"], spec=".3f")
+    row("cached tokens per command (mean)", c["cached_tokens_mean"])
+    row("cached share of prompt tokens", c["cached_token_share"], spec=".3f")
+    row("prefix cache MB (stats topic)", c["cache_bytes"] / 2**20 if c["cache_bytes"] is not None else None)
+    row("peak RSS MB", e["peak_rss_mb"], b.get("peak_rss_mb"), l.get("peak_rss_mb"))
+    o = e["overhead"]
+    row("edged overhead p50 ms (caller - model)", o["overhead_ms_p50"])
+    row("  bus (caller - timing.total) p50 ms", o["bus_ms_p50"], spec=".2f")
+    row("  queue p50 ms", o["queue_ms_p50"], spec=".2f")
+    row("  mask p50 ms", o["mask_ms_p50"], spec=".2f")
+    row("  prompt, parsing, validation p50 ms", o["other_ms_p50"], spec=".2f")
+    row("edged overhead share of caller latency", o["share_total"], spec=".4f")
+    lines += ["", "targets (one run, ratios):"]
+    for t in doc["targets"]:
+        verdict = {True: "met", False: "NOT met", None: "not measured"}[t["met"]]
+        value = "-" if t["value"] is None else f"{t['value']:.4g}"
+        lines.append(f"  {t['target']:44} {value:>10}  goal {t['goal']:<7} {verdict}")
+    lines += ["", *doc.get("notes", [])]
+    return "\n".join(lines)

@@ -1,0 +1,118 @@
+"""Diagnostic queries: the prompt with edged's sensor summaries, and the schema the answer is held to."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from edged.prompts import user_content
+from edged.sessions import Turn
+from edged.summaries import Summary, relevant, summarise
+from edged.telemetry import Series, TelemetryStore
+
+DIAGNOSIS_SYSTEM = (
+    "You are edged, a diagnostic assistant for machines and sensors. Think about the question and the "
+    "sensor summaries (computed by edged from live readings), then answer with one JSON object: "
+    '{"summary": one sentence, "severity": "ok"|"info"|"warning"|"critical", '
+    '"findings": [{"sensor": sensor id, "value": a number from the summaries, "note": why it matters}], '
+    '"likely_causes": [{"cause": ..., "confidence": 0 to 1}] most likely first, '
+    '"recommended_actions": [{"action": ...}], "data_gaps": [what is missing or stale]}. '
+    "Cite only sensors and numbers given to you."
+)
+
+Text = Annotated[str, Field(max_length=80)]
+Number = Annotated[float, Field(ge=-1e6, le=1e6, json_schema_extra={"multipleOf": 0.001})]
+Confidence = Annotated[float, Field(ge=0, le=1, json_schema_extra={"multipleOf": 0.05})]
+
+
+class _Closed(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Cause(_Closed):
+    cause: Text
+    confidence: Confidence
+
+
+class Step(_Closed):
+    action: Text
+
+
+def diagnosis_model(sensors: list[str]) -> type[BaseModel]:
+    """The answer model; ``findings[].sensor`` can only name the sensors that were shown to the model."""
+    sensor: Any = Literal[tuple(sensors)] if sensors else Annotated[str, Field(max_length=48)]  # type: ignore[misc]
+    finding = create_model("Finding", __base__=_Closed, sensor=(sensor, ...), value=(Number, ...), note=(Text, ...))
+    return create_model(
+        "Diagnosis",
+        __base__=_Closed,
+        summary=(Annotated[str, Field(max_length=160)], ...),
+        severity=(Literal["ok", "info", "warning", "critical"], ...),
+        findings=(list[finding], Field(max_length=4)),  # type: ignore[valid-type]
+        likely_causes=(list[Cause], Field(max_length=3)),
+        recommended_actions=(list[Step], Field(max_length=3)),
+        data_gaps=(list[Text], Field(max_length=3)),
+    )
+
+
+def telemetry_block(chosen: list[Summary], series: list[Series], *, budget_chars: int) -> str:
+    """Summaries first; then raw readings, newest first, while the character budget lasts."""
+    if not chosen:
+        return ""
+    lines = ["Sensor summaries (computed by edged):", *(s.line() for s in chosen)]
+    used = sum(len(line) + 1 for line in lines)
+    by_key = {s.key: s for s in series}
+    for summary in chosen:
+        samples = by_key[summary.key].samples
+        if not samples:
+            continue
+        newest = samples[-1][0]
+        raw = f"{summary.key} recent (s ago: value): " + ", ".join(
+            f"{newest - t:.0f}: {v:.4g}" for t, v in reversed(samples[-20:])
+        )
+        if used + len(raw) > budget_chars:
+            break
+        lines.append(raw)
+        used += len(raw) + 1
+    return "\n".join(lines)
+
+
+def diagnosis_messages(
+    text: str, *, telemetry: str, context: Mapping[str, Any] | None, history: Iterable[Turn] = ()
+) -> list[dict[str, str]]:
+    messages = [{"role": "system", "content": DIAGNOSIS_SYSTEM}]
+    for turn in history:
+        messages += [{"role": "user", "content": turn.user}, {"role": "assistant", "content": turn.answer}]
+    content = user_content(text, context)
+    messages.append({"role": "user", "content": f"{content}\n\n{telemetry}" if telemetry else content})
+    return messages
+
+
+class Diagnostics:
+    """Builds diagnostic prompts from live telemetry and checks the structured answer."""
+
+    def __init__(self, store: TelemetryStore | None, *, budget_chars: int, max_sensors: int, clock: Any = time.time):
+        self.store = store
+        self._budget = budget_chars
+        self._max_sensors = max_sensors
+        self._clock = clock
+
+    def prepare(
+        self, text: str, *, context: Mapping[str, Any] | None, history: Iterable[Turn]
+    ) -> tuple[type[BaseModel], list[dict[str, str]], list[str]]:
+        series = self.store.series() if self.store else []
+        now = self._clock()
+        chosen = relevant([summarise(s, now) for s in series], series, text, context, limit=self._max_sensors)
+        block = telemetry_block(chosen, series, budget_chars=self._budget)
+        keys = [c.key for c in chosen]
+        return diagnosis_model(keys), diagnosis_messages(text, telemetry=block, context=context, history=history), keys
+
+    @staticmethod
+    def outcome(model: type[BaseModel], answer: str) -> tuple[dict[str, Any] | None, str | None]:
+        """The validated diagnosis, or the reason it is not one."""
+        try:
+            return model.model_validate_json(answer).model_dump(), None
+        except ValidationError as exc:
+            return None, f"the answer is not a valid diagnosis: {exc.error_count()} error(s)"

@@ -1,0 +1,114 @@
+"""Numbers about sensor series, computed by edged (not by the model), and which series a question concerns."""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from edged.telemetry import Series
+
+Z_FLAG = 3.0
+MIN_TREND_SPAN_S = 1.0  # readings closer together than this say nothing about a trend
+
+
+@dataclass(frozen=True)
+class Summary:
+    key: str
+    unit: str | None
+    n: int
+    last: float | None
+    age_s: float | None
+    min: float | None
+    max: float | None
+    mean: float | None
+    stdev: float | None
+    slope_per_min: float | None
+    z_last: float | None  # the last value against the rest of the window
+    stale: bool
+    out_of_range: bool
+    normal: tuple[float | None, float | None]
+
+    @property
+    def abnormal(self) -> bool:
+        return self.stale or self.out_of_range or (self.z_last is not None and abs(self.z_last) >= Z_FLAG)
+
+    def line(self) -> str:
+        """One compact line for the prompt."""
+        if self.last is None:
+            return f"{self.key}: no readings in the window (data gap)"
+        unit = f" {self.unit}" if self.unit else ""
+        parts = [f"{self.key}: last {_n(self.last)}{unit} ({_n(self.age_s)} s ago)",
+                 f"min {_n(self.min)} max {_n(self.max)} mean {_n(self.mean)} sd {_n(self.stdev)} over {self.n}"]  # fmt: skip
+        if self.slope_per_min is not None:
+            parts.append(f"trend {self.slope_per_min:+.3g}/min")
+        if self.z_last is not None:
+            parts.append(f"z {self.z_last:+.1f}")
+        lo, hi = self.normal
+        if lo is not None or hi is not None:
+            parts.append(f"normal {_n(lo) if lo is not None else '-inf'}..{_n(hi) if hi is not None else 'inf'}")
+        flags = [f for f, on in (("OUT OF RANGE", self.out_of_range), ("STALE", self.stale),
+                                 ("UNUSUAL", self.z_last is not None and abs(self.z_last) >= Z_FLAG)) if on]  # fmt: skip
+        return "; ".join(parts) + (f" [{', '.join(flags)}]" if flags else "")
+
+
+def _n(x: float | None) -> str:
+    return "?" if x is None else f"{x:.4g}"
+
+
+def slope_per_minute(samples: Iterable[tuple[float, float]]) -> float | None:
+    """Least-squares slope of value over time, per minute."""
+    pts = list(samples)
+    if len(pts) < 2 or pts[-1][0] - pts[0][0] < MIN_TREND_SPAN_S:
+        return None
+    t0 = pts[0][0]
+    xs, ys = [(t - t0) / 60 for t, _ in pts], [v for _, v in pts]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    var = sum((x - mx) ** 2 for x in xs)
+    return None if var == 0 else sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var
+
+
+def summarise(series: Series, now: float) -> Summary:
+    spec, values = series.spec, [v for _, v in series.samples]
+    normal = (spec.normal_min, spec.normal_max)
+    if not values:
+        return Summary(series.key, spec.unit, 0, None, None, None, None, None, None, None, None, True, False, normal)
+    last, age = values[-1], now - series.samples[-1][0]
+    earlier = values[:-1]
+    z = None
+    if len(earlier) >= 3:
+        sd = statistics.pstdev(earlier)
+        z = (last - statistics.fmean(earlier)) / sd if sd > 0 else (0.0 if last == earlier[-1] else math.copysign(99.0, last - earlier[-1]))
+    out = (spec.normal_min is not None and last < spec.normal_min) or (spec.normal_max is not None and last > spec.normal_max)
+    return Summary(
+        key=series.key, unit=spec.unit, n=len(values), last=last, age_s=round(age, 1), min=min(values), max=max(values),
+        mean=statistics.fmean(values), stdev=statistics.pstdev(values) if len(values) > 1 else 0.0,
+        slope_per_min=slope_per_minute(series.samples), z_last=z, stale=age > spec.stale_s, out_of_range=out, normal=normal,
+    )  # fmt: skip
+
+
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def relevant(
+    summaries: list[Summary], series: list[Series], text: str, context: Mapping[str, Any] | None, *, limit: int
+) -> list[Summary]:
+    """Sensors the question is about: named in context.sensors, or whose key/device words all appear in the
+    text (``pump 3`` finds ``pump_3/vibration``); else the abnormal ones. Abnormal first, at most ``limit``."""
+    wanted = {str(s) for s in (context or {}).get("sensors", []) if isinstance(s, str)} if context else set()
+    words = set(_WORD.findall(text.lower().replace("_", " ")))
+    by_key = {s.key: s for s in series}
+
+    def mentioned(summary: Summary) -> bool:
+        sr = by_key[summary.key]
+        subject = sr.spec.device or summary.key.rsplit("/", 1)[0]
+        subject_words = set(_WORD.findall(subject.replace("_", " ")))
+        return summary.key in wanted or sr.topic in wanted or (bool(subject_words) and subject_words <= words)
+
+    chosen = [s for s in summaries if mentioned(s)]
+    if not chosen:
+        chosen = [s for s in summaries if s.abnormal]
+    return sorted(chosen, key=lambda s: (not s.abnormal, s.key))[:limit]

@@ -1,0 +1,74 @@
+"""``edged bench``: the real CLI against the real broker on the tiny model; figures checked for shape, never speed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from edged.bench.driver import Sample
+from edged.bench.report import overhead
+from edged.bench.workload import DEFAULT_CASES, DEFAULT_REGISTRY, command_messages, load_workload
+
+
+def test_workload_is_seeded_and_rendered_with_edged_prompt_code() -> None:
+    a, b, c = (load_workload(DEFAULT_CASES, seed=s, n=12) for s in (1, 1, 2))
+    assert a.commands == b.commands and a.commands != c.commands
+    assert len(set(a.commands)) == 12  # drawn without repeats while the set lasts
+    messages = command_messages(DEFAULT_REGISTRY, a.take(2))
+    assert [m[0]["role"] for m in messages] == ["system", "system"]
+    assert messages[0][0] == messages[1][0]  # the static registry prefix the prompt cache reuses
+    assert "kitchen_ceiling" in messages[0][0]["content"] and messages[0][-1]["content"] == a.commands[0]
+
+
+def test_overhead_is_caller_latency_minus_model_time() -> None:
+    timing = {"queue": 1.0, "prefill": 100.0, "decode": 50.0, "mask": 5.0, "total": 160.0}
+    s = Sample("command", "x", sent_at=0.0, received_at=0.2, status="ok", usage={"prompt_tokens": 9}, timing=timing)
+    o = overhead([s])
+    assert o["overhead_ms_p50"] == 55.0  # 200 - (100 + 50 - 5)
+    assert (o["bus_ms_p50"], o["queue_ms_p50"], o["mask_ms_p50"], o["other_ms_p50"]) == (40.0, 1.0, 5.0, 9.0)
+    assert o["share_total"] == 0.275
+
+
+def _positive(x: object) -> bool:
+    return isinstance(x, (int, float)) and x > 0
+
+
+def test_bench_quick_reports_every_figure(broker, tiny_model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGED_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "edged.cli", "bench", "--quick", "--model", str(tiny_model_dir), "--json", str(out),
+         "--workdir", str(tmp_path / "work"), "--host", broker[0], "--port", str(broker[1])],
+        capture_output=True, text=True, timeout=240, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "command latency idle p50 ms" in proc.stdout and "targets" in proc.stdout
+    doc = json.loads(out.read_text())
+    e = doc["edged"]
+    idle = e["idle"]
+    assert idle["n"] == 3 and 0 < idle["p50_ms"] <= idle["p95_ms"] <= idle["p99_ms"]
+    assert _positive(e["first_command_ms"])
+    dq = e["during_query"]
+    assert dq["sent"] == 2 and dq["queries"] >= 1 and 0 <= dq["n"] <= 2
+    assert set(e["throughput"]) == {"1", "4", "8"}
+    for level in e["throughput"].values():
+        assert level["commands"] + level["errors"] == 8 and _positive(level["per_s"]) and _positive(level["seconds"])
+    assert all(_positive(e[k]) for k in ("prompt_tok_s", "prefill_tok_s", "decode_tok_s", "peak_rss_mb", "load_s"))
+    cache = e["cache"]
+    assert 0 <= cache["hit_rate"] <= 1 and 0 <= cache["cached_token_share"] <= 1 and cache["cached_tokens_mean"] >= 0
+    assert cache["hit_rate"] > 0  # the registry prompt is reused after the first command
+    o = e["overhead"]
+    assert 0 <= o["share_total"] < 1 and o["overhead_ms_p50"] >= 0 and o["bus_ms_p50"] >= 0
+    assert doc["same_prompts"] is True  # raw mlx-lm got exactly the token count edged reported
+    base = doc["baseline"]
+    assert base["n"] == 1 and _positive(base["p50_ms"]) and _positive(base["peak_rss_mb"])
+    assert doc["llama_cpp"] is None and any("llama.cpp column" in n for n in doc["notes"])
+    r = doc["ratios"]
+    assert _positive(r["p50_vs_baseline"]) and _positive(r["throughput_8_vs_1"]) and r["p50_vs_llama_cpp"] is None
+    assert [t["key"] for t in doc["targets"]] == ["p50_vs_baseline", "p50_vs_llama_cpp", "during_query_p95_vs_idle",
+                                                  "throughput_8_vs_1", "overhead_share"]  # fmt: skip
+    assert all(t["met"] in (True, False, None) for t in doc["targets"])
+    assert len(doc["samples"]["idle"]) == 3 and all(s["usage"]["prompt_tokens"] > 0 for s in doc["samples"]["idle"])

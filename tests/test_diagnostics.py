@@ -1,0 +1,166 @@
+"""Diagnostics: telemetry from the bus, summaries computed by edged, thinking + schema-bound answers,
+progress and cancellation."""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+
+import pytest
+
+from conftest import make_settings
+from edged import simulator
+from edged.diagnosis import diagnosis_model
+from edged.summaries import relevant, slope_per_minute, summarise
+from edged.telemetry import SensorSpec, TelemetrySettings, TelemetryStore, read_value
+
+
+def test_read_value_from_bare_numbers_and_json_paths():
+    assert read_value(b" 7.5\n", None) == 7.5
+    assert read_value(b'{"a": {"b": [1, 2.5]}}', "a.b.1") == 2.5
+    for junk, path in ((b"hot", None), (b'{"a": 1}', "b"), (b"nan", None), (b'{"a": true}', "a"), (b"\xff", None)):
+        with pytest.raises((ValueError, KeyError, UnicodeDecodeError)):
+            read_value(junk, path)
+
+
+def _store(clock, **kw) -> TelemetryStore:
+    spec = SensorSpec(id="vibration", topic="plant/+/vibration", path="value", unit="mm/s", normal_max=4.5, stale_s=120)
+    return TelemetryStore(TelemetrySettings(sensors=[spec], **kw), clock=clock)
+
+
+def test_store_windows_by_time_and_count_and_counts_junk():
+    now = [1000.0]
+    store = _store(lambda: now[0], window_s=300, max_samples=3, max_series=2)
+    for i in range(5):
+        now[0] += 60
+        assert store.ingest("plant/pump_1/vibration", json.dumps({"value": i}).encode())
+    assert [v for _, v in store.series()[0].samples] == [2, 3, 4]  # count bound
+    now[0] += 250
+    assert [v for _, v in store.series()[0].samples] == [4]  # older than 300 s dropped
+    assert not store.ingest("plant/pump_1/vibration", b"garbage") and store.junk == 1
+    assert not store.ingest("plant/pump_1/other", b"1")  # no sensor declared there
+    for p in (2, 3):
+        store.ingest(f"plant/pump_{p}/vibration", b'{"value": 1}')
+    assert [s.key for s in store.series()] == ["pump_2/vibration", "pump_3/vibration"]  # series bound, LRU
+
+
+def test_summary_numbers_match_hand_computation():
+    """Values 1,2,3,4,10 a minute apart: mean 4, pstdev 3.162, slope 20/10 = 2.0/min, last z = (10-2.5)/1.118."""
+    now = [0.0]
+    store = _store(lambda: now[0])
+    for v in (1, 2, 3, 4, 10):
+        store.ingest("plant/pump_3/vibration", json.dumps({"value": v}).encode())
+        now[0] += 60
+    s = summarise(store.series()[0], now=now[0])
+    assert (s.n, s.last, s.min, s.max, s.age_s) == (5, 10, 1, 10, 60)
+    assert s.mean == pytest.approx(4.0) and s.stdev == pytest.approx(math.sqrt(10))
+    assert s.slope_per_min == pytest.approx(2.0)
+    assert s.z_last == pytest.approx(7.5 / math.sqrt(1.25))
+    assert s.out_of_range and not s.stale and s.abnormal
+    assert "OUT OF RANGE" in s.line() and "trend +2/min" in s.line()
+    assert summarise(store.series()[0], now=now[0] + 500).stale
+    assert slope_per_minute([(0, 5)]) is None
+
+
+def test_relevance_by_name_context_or_abnormality():
+    now = [0.0]
+    store = _store(lambda: now[0])
+    for p, v in (("pump_1", 2.0), ("pump_3", 9.0), ("pump_4", 2.1)):
+        store.ingest(f"plant/{p}/vibration", json.dumps({"value": v}).encode())
+    series = store.series()
+    sums = [summarise(s, now[0]) for s in series]
+    assert [s.key for s in relevant(sums, series, "why is pump 4 noisy?", None, limit=5)] == ["pump_4/vibration"]
+    assert [s.key for s in relevant(sums, series, "anything odd?", {"sensors": ["pump_1/vibration"]}, limit=5)] == ["pump_1/vibration"]
+    assert [s.key for s in relevant(sums, series, "anything odd?", None, limit=5)] == ["pump_3/vibration"]  # out of range
+
+
+def test_diagnosis_schema_only_cites_shown_sensors():
+    model = diagnosis_model(["pump_3/vibration"])
+    good = {"summary": "s", "severity": "warning", "findings": [{"sensor": "pump_3/vibration", "value": 7.9, "note": "high"}],
+            "likely_causes": [{"cause": "bearing wear", "confidence": 0.7}], "recommended_actions": [{"action": "inspect"}],
+            "data_gaps": []}  # fmt: skip
+    assert model.model_validate(good)
+    with pytest.raises(ValueError):
+        model.model_validate({**good, "findings": [{"sensor": "pump_9/vibration", "value": 1, "note": ""}]})
+    with pytest.raises(ValueError):
+        model.model_validate({**good, "severity": "apocalyptic"})
+
+
+SENSORS = [{"id": "vibration", "topic": "{p}/+/vibration", "path": "value", "unit": "mm/s", "normal_max": 4.5},
+           {"id": "bearing_temp", "topic": "{p}/+/bearing_temp", "path": "value", "unit": "°C", "normal_max": 70}]  # fmt: skip
+THINK = {"temperature": 0.6, "top_p": 0.95, "top_k": 20, "max_tokens": 2048, "thinking_budget": 16}
+
+
+@pytest.fixture
+def line(start_daemon, client_for):
+    """edged with telemetry from a private topic prefix, structured diagnoses on, readings from the simulator."""
+    prefix = f"line-{uuid.uuid4().hex[:8]}"
+    sensors = [{k: (v.format(p=prefix) if k == "topic" else v) for k, v in s.items()} for s in SENSORS]
+    d = start_daemon(telemetry={"sensors": sensors}, model={"think": THINK},
+                     diagnostics={"structured": True, "progress_interval_s": 0.2})  # fmt: skip
+    c = client_for(d.base, timeout=120)
+    n = simulator.run(c.publish, prefix, 4, fault="bearing", fault_pump=3, steps=6, interval_s=0, wait=lambda _s: None)
+    c.publish(f"{prefix}/pump_1/vibration", b"not a number")
+    c.request("command", {"text": "sync"})  # answered after every reading above was taken in
+    return d, c, prefix, n
+
+
+def test_readings_from_the_bus_are_ingested_and_junk_counted(line):
+    d, _, _, n = line
+    keys = [s.key for s in d.telemetry.series()]
+    assert "pump_3/vibration" in keys and len(keys) == 8  # 4 pumps x 2 declared signals
+    assert d.telemetry.accepted == 4 * 2 * 6 and d.telemetry.junk == 1 and n == 4 * 5 * 6
+
+
+def test_query_thinks_then_answers_a_schema_valid_diagnosis(line):
+    """The random model never closes </think>: the budget does, and the answer is still a valid diagnosis."""
+    d, c, _, _ = line
+    r = c.request("query", {"text": "why is pump 3 vibrating?", "include_reasoning": True})
+    assert (r["status"], r["mode"]) == ("ok", "think"), r
+    assert r["usage"]["reasoning_tokens"] == THINK["thinking_budget"] and "reasoning" in r
+    diagnosis = r["result"]["diagnosis"]
+    assert diagnosis["severity"] in ("ok", "info", "warning", "critical")
+    assert "pump_3/vibration" in r["result"]["sensors"]
+    assert all(f["sensor"] in r["result"]["sensors"] for f in diagnosis["findings"])
+
+
+def test_progress_then_cancel(line):
+    """A long query reports progress on {base}/progress/{id}; {base}/cancel stops it with code cancelled."""
+    d, c, _, _ = line
+    c.subscribe(f"{d.base}/progress/+")
+    c.subscribe(f"{d.base}/result/+")
+    c.publish(f"{d.base}/query", json.dumps({"id": "long-q", "text": "think about pump 3", "think": True}))
+    started = c.wait_for(lambda m: m.topic == f"{d.base}/progress/long-q").json()
+    assert started["phase"] == "started" and started["tokens"] == 0
+    c.wait_for(lambda m: m.topic == f"{d.base}/progress/long-q" and m.json()["tokens"] > 0)
+    c.publish(f"{d.base}/cancel", json.dumps({"id": "long-q"}))
+    r = c.wait_for(lambda m: m.topic == f"{d.base}/result/long-q").json()
+    assert (r["status"], r["error"]["code"]) == ("error", "cancelled")
+    assert 0 < r["usage"]["completion_tokens"] < THINK["max_tokens"]
+
+
+def test_follow_up_in_a_session_carries_the_previous_answer(line):
+    d, c, _, _ = line
+    first = c.request("query", {"text": "why is pump 3 vibrating?", "session": "shift-1"})
+    second = c.request("query", {"text": "and what about pump 4?", "session": "shift-1"})
+    assert first["status"] == second["status"] == "ok"
+    assert second["usage"]["prompt_tokens"] > first["usage"]["prompt_tokens"]
+    assert "pump_4/vibration" in second["result"]["sensors"]
+
+
+def test_smollm2_grounds_a_diagnosis_in_the_anomalous_readings(start_daemon, smollm2_dir, smol_engine, client_for):
+    """A real small model (no thinking mode) answers the schema directly and cites the faulty pump's numbers."""
+    prefix = f"line-{uuid.uuid4().hex[:8]}"
+    sensors = [{k: (v.format(p=prefix) if k == "topic" else v) for k, v in s.items()} for s in SENSORS]
+    model = {"path": str(smollm2_dir), "name": "SmolLM2-135M-Instruct",
+             "no_think": {"temperature": 0.0, "top_p": 1.0, "top_k": 0, "max_tokens": 700}}  # fmt: skip
+    settings = make_settings(smollm2_dir, model=model, telemetry={"sensors": sensors}, diagnostics={"structured": True})
+    d = start_daemon(settings, use_engine=smol_engine)
+    c = client_for(d.base, timeout=300)
+    simulator.run(c.publish, prefix, 4, fault="bearing", fault_pump=3, steps=12, interval_s=0, wait=lambda _s: None)
+    r = c.request("query", {"text": "why is pump 3 vibrating?"})
+    assert r["status"] == "ok" and r["mode"] == "no_think", r
+    last = {s.key: s.samples[-1][1] for s in d.telemetry.series()}
+    cited = {(f["sensor"], f["value"]) for f in r["result"]["diagnosis"]["findings"]}
+    assert any(sensor.startswith("pump_3/") and abs(value - last[sensor]) < 0.01 for sensor, value in cited), cited

@@ -1,0 +1,96 @@
+"""The MLX engine on the tiny random-weight Qwen3 with the real Qwen3 tokenizer and template."""
+
+from __future__ import annotations
+
+import pytest
+
+from edged.model_files import ModelNotFound, resolve_model_path
+from edged.prompts import build_messages
+from edged.settings import ModelSettings
+from conftest import TEST_MODEL
+
+MESSAGES = build_messages("command", "turn off the kitchen lights")
+SETTINGS = ModelSettings(path="unused", **TEST_MODEL)
+
+
+def _tail(engine, mode: str, n: int) -> str:
+    return engine.tokenizer.decode(engine.render(MESSAGES, mode)[-n:])
+
+
+def test_think_tokens_come_from_the_tokenizer(engine):
+    """The split uses the tokenizer's own ids for <think> and </think>."""
+    assert engine.think.start == engine.tokenizer.convert_tokens_to_ids("<think>") == 151667
+    assert engine.think.end == engine.tokenizer.convert_tokens_to_ids("</think>") == 151668
+
+
+def test_no_think_prompt_ends_with_the_empty_think_block(engine):
+    """enable_thinking=False: the generation prompt closes an empty thinking block."""
+    assert _tail(engine, "no_think", 10).endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    assert engine.think.end in engine.render(MESSAGES, "no_think")[-3:]
+
+
+def test_think_prompt_leaves_thinking_to_the_model(engine):
+    """enable_thinking=True: the prompt ends at the assistant header, no think block."""
+    tail = _tail(engine, "think", 10)
+    assert tail.endswith("<|im_start|>assistant\n")
+    assert "</think>" not in tail
+
+
+def test_thinking_budget_closes_the_block_and_the_answer_follows(engine):
+    """A random model never writes </think>; the budget forces it, the split happens at its id."""
+    gen = engine.generate(MESSAGES, "think", SETTINGS.think)
+    budget = SETTINGS.think.thinking_budget
+    assert gen.thinking_closed_by_budget
+    assert gen.reasoning_tokens == budget
+    assert gen.completion_tokens > budget  # answer tokens came after the forced </think>
+    assert "</think>" not in gen.answer and "</think>" not in (gen.reasoning or "")
+
+
+def test_no_think_generation_has_no_reasoning(engine):
+    """Commands run non-thinking: no reasoning, an answer, bounded by max_tokens."""
+    gen = engine.generate(MESSAGES, "no_think", SETTINGS.no_think)
+    assert gen.reasoning is None
+    assert 0 < gen.completion_tokens <= SETTINGS.no_think.max_tokens
+    assert gen.prompt_tokens == len(engine.render(MESSAGES, "no_think"))
+
+
+def test_should_stop_ends_generation_early(engine):
+    """A deadline checked between tokens stops generation in the middle."""
+    gen = engine.generate(MESSAGES, "no_think", SETTINGS.no_think, should_stop=lambda: True)
+    assert gen.finish_reason == "stopped"
+    assert gen.completion_tokens == 1
+
+
+def test_missing_directory_names_the_path(tmp_path):
+    """A path that does not exist fails with a message naming it; nothing is downloaded."""
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(ModelNotFound, match=str(missing)):
+        resolve_model_path(str(missing))
+
+
+def test_repo_id_not_in_cache_is_refused_offline(tmp_path, monkeypatch):
+    """A repo id is accepted only from the local cache; otherwise a clear error, no download."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(ModelNotFound, match="never downloads"):
+        resolve_model_path("Qwen/Qwen3-4B-MLX-4bit")
+
+
+def test_directory_without_config_is_refused(tmp_path):
+    """An existing directory that is not a model directory is named in the error."""
+    with pytest.raises(ModelNotFound, match="config.json"):
+        resolve_model_path(str(tmp_path))
+
+
+def test_prefix_cache_reuses_the_system_prompt_and_changes_nothing(engine, tiny_model_dir):
+    """The second request with the same system text is served from the cache, with identical greedy tokens."""
+    from edged.engine import MlxEngine
+    from edged.settings import NoThinkSampling
+
+    greedy = NoThinkSampling(temperature=0.0, max_tokens=12)
+    long_system = build_messages("query", "why?")[0]["content"] * 3
+    messages = [{"role": "system", "content": long_system}, {"role": "user", "content": "is pump 3 fine?"}]
+    first = engine.generate(messages, "no_think", greedy)
+    second = engine.generate(messages, "no_think", greedy)
+    uncached = MlxEngine(ModelSettings(path=str(tiny_model_dir), prefix_cache_mb=0, **TEST_MODEL)).generate(messages, "no_think", greedy)
+    assert second.cached_tokens > 32 and second.cached_tokens < second.prompt_tokens
+    assert first.answer == second.answer == uncached.answer and uncached.cached_tokens == 0

@@ -1,0 +1,122 @@
+"""The request ledger on a real SQLite file: duplicates by id and reply topic, restarts, device claims, pruning."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from edged.commands import DeviceControl
+from edged.confirmations import Confirmations
+from edged.device_state import DeviceStates
+from edged.ledger import Ledger, Verdict, default_state_dir
+from edged.registry import RegistryStore
+
+SMALL = Path(__file__).resolve().parent / "data" / "registry-small.toml"
+PORCH_ON = json.dumps({"actions": [{"device": "porch_light", "action": "turn_on", "params": {}}], "say": "ok"})
+
+
+def _ledger(tmp_path: Path, **kw) -> Ledger:
+    return Ledger(tmp_path / "ledger.sqlite3", **{"window_s": 3600, "max_rows": 1000, **kw})
+
+
+def test_a_copy_in_progress_is_pending_and_released_with_the_original(tmp_path):
+    ledger = _ledger(tmp_path)
+    assert ledger.admit("r1", "t/r1", redelivered=False).verdict is Verdict.NEW
+    assert ledger.admit("r1", "t/r1", redelivered=True, origin="copy-1").verdict is Verdict.PENDING
+    assert ledger.admit("r1", "other/topic", redelivered=False).verdict is Verdict.NEW  # another caller's id space
+    ledger.settle("r1", "t/r1", b'{"id":"r1","status":"ok"}')
+    assert ledger.admit("r1", "t/r1", redelivered=False, origin="copy-2").verdict is Verdict.PENDING  # result not confirmed yet
+    assert ledger.confirmed("r1", "t/r1") == ["copy-1", "copy-2"]
+    assert ledger.state("r1", "t/r1") == "sent"
+
+
+def test_another_request_reusing_an_id_is_a_conflict_not_a_copy(tmp_path):
+    ledger = _ledger(tmp_path)
+    assert ledger.admit("r1", "t/r1", redelivered=False, digest="aaa").verdict is Verdict.NEW
+    assert ledger.admit("r1", "t/r1", redelivered=False, digest="bbb").verdict is Verdict.CONFLICT
+    assert ledger.admit("r1", "t/r1", redelivered=True, digest="aaa").verdict is Verdict.PENDING  # the same request again
+    ledger.settle("r1", "t/r1", b'{"id":"r1","status":"ok"}')
+    ledger.confirmed("r1", "t/r1")
+    assert ledger.admit("r1", "t/r1", redelivered=False, digest="bbb").verdict is Verdict.CONFLICT  # answered or not
+
+
+def test_an_answered_request_is_replayed_to_a_caller_and_only_acknowledged_to_the_broker(tmp_path):
+    ledger = _ledger(tmp_path)
+    ledger.admit("r1", "t/r1", redelivered=False)
+    ledger.settle("r1", "t/r1", b'{"id":"r1"}')
+    ledger.confirmed("r1", "t/r1")
+    again = ledger.admit("r1", "t/r1", redelivered=False)  # the caller sent it again
+    assert (again.verdict, again.result) == (Verdict.REPLAY, b'{"id":"r1"}')
+    assert ledger.admit("r1", "t/r1", redelivered=True).verdict is Verdict.ANSWERED  # the broker redelivered it
+
+
+def test_after_a_crash_unanswered_requests_run_again_and_unconfirmed_results_are_replayed(tmp_path):
+    before = _ledger(tmp_path)
+    before.admit("running", "t", redelivered=False)
+    before.admit("answered", "t", redelivered=False)
+    before.settle("answered", "t", b'{"id":"answered"}')  # stored, the broker never confirmed it
+    before.close()  # the process dies here
+    after = _ledger(tmp_path)
+    assert after.admit("running", "t", redelivered=True).verdict is Verdict.RESUMED
+    assert after.admit("running", "t", redelivered=True).verdict is Verdict.PENDING  # now in progress in this run
+    assert after.admit("answered", "t", redelivered=True).verdict is Verdict.REPLAY
+
+
+def test_a_busy_refusal_is_forgotten_so_a_retry_runs(tmp_path):
+    ledger = _ledger(tmp_path)
+    ledger.admit("r1", "t", redelivered=False)
+    ledger.settle("r1", "t", None)
+    assert ledger.admit("r1", "t", redelivered=False).verdict is Verdict.NEW
+
+
+def test_window_and_row_bound(tmp_path):
+    now = [1000.0]
+    ledger = _ledger(tmp_path, window_s=60, max_rows=100, clock=lambda: now[0])
+    for i in range(150):
+        ledger.admit(f"r{i}", "t", redelivered=False)
+    ledger.prune()
+    assert ledger.state("r0", "t") is None and ledger.state("r149", "t") == "accepted"
+    now[0] += 61
+    assert ledger.admit("r149", "t", redelivered=False).verdict is Verdict.NEW  # outside the window: a new request
+    assert ledger.prune() == 99 and ledger.state("r149", "t") == "accepted"
+
+
+def test_claims_survive_a_restart_and_block_a_second_dispatch(tmp_path):
+    first = _ledger(tmp_path)
+    first.admit("r1", "t", redelivered=False)
+    assert first.claim("r1", "t", [("dev/a/set", b"ON")]) is None
+    first.close()
+    second = _ledger(tmp_path)
+    assert second.admit("r1", "t", redelivered=True).verdict is Verdict.RESUMED
+    assert second.claim("r1", "t", [("dev/b/set", b"OFF")]) == [("dev/a/set", b"ON")]
+
+
+def test_device_control_never_dispatches_a_request_twice_across_a_restart(tmp_path):
+    """The crash came between the device command and the result: the run after it publishes nothing."""
+    published: list[tuple[str, bytes]] = []
+
+    def control(ledger: Ledger) -> DeviceControl:
+        return DeviceControl(RegistryStore(SMALL), DeviceStates(), Confirmations(60), lambda t, p: published.append((t, p)),
+                             claim=ledger.claim)  # fmt: skip
+
+    first = _ledger(tmp_path)
+    first.admit("cmd-1", "edged/x/result/cmd-1", redelivered=False)
+    devices = control(first)
+    out = devices.outcome(devices.store.get(), "cmd-1", PORCH_ON, dispatch=None, reply_topic="edged/x/result/cmd-1")
+    assert out.result["actions"][0]["dispatched"] and published == [("test-devices/porch_light/set", b'{"state":"ON"}')]
+    first.close()  # killed before the result went out
+
+    second = _ledger(tmp_path)
+    assert second.admit("cmd-1", "edged/x/result/cmd-1", redelivered=True).verdict is Verdict.RESUMED
+    devices = control(second)
+    again = devices.outcome(devices.store.get(), "cmd-1", PORCH_ON, dispatch=None, reply_topic="edged/x/result/cmd-1")
+    assert len(published) == 1, "the device command went out twice"
+    assert not again.result["actions"][0]["dispatched"]
+    assert again.result["already_dispatched"] == [{"topic": "test-devices/porch_light/set", "payload": '{"state":"ON"}'}]
+    other = devices.outcome(devices.store.get(), "cmd-2", PORCH_ON, dispatch=None, reply_topic="edged/x/result/cmd-2")
+    assert other.result["actions"][0]["dispatched"] and len(published) == 2  # another request dispatches as usual
+
+
+def test_default_state_dir_follows_systemd_then_xdg():
+    assert default_state_dir({"STATE_DIRECTORY": "/var/lib/edged:/var/lib/other"}) == Path("/var/lib/edged")
+    assert default_state_dir({"XDG_STATE_HOME": "/h/.state"}) == Path("/h/.state/edged")
