@@ -95,6 +95,18 @@ def apply_levels(level: str, levels: Mapping[str, str] | None = None) -> None:
         _per_logger.add(name)
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to ``sys.stdout`` as it is at each record, not as it was at set-up (it may be replaced)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 def setup_logging(
     level: str = "info",
     fmt: Format = "auto",
@@ -103,8 +115,8 @@ def setup_logging(
     stream: Any = None,
     environ: Mapping[str, str] | None = None,
 ) -> None:
-    stream = stream or sys.stdout
-    renderer = _renderer(fmt, stream, environ)
+    handler = logging.StreamHandler(stream) if stream is not None else _StdoutHandler()
+    renderer = _renderer(fmt, handler.stream, environ)
     console = isinstance(renderer, structlog.dev.ConsoleRenderer)
     final = [renderer] if console else [structlog.processors.format_exc_info, renderer]
     structlog.configure(
@@ -113,7 +125,6 @@ def setup_logging(
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,
     )
-    handler = logging.StreamHandler(stream)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[*_SHARED, structlog.stdlib.ExtraAdder(), mask_secrets],
