@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union
 
@@ -66,16 +67,22 @@ def _groups(registry: Registry) -> dict[tuple[str, str, str], Action]:
     return {key: acts[0] for key, acts in sorted(groups.items()) if all(a.params == acts[0].params for a in acts)}
 
 
-def output_model(registry: Registry) -> type[BaseModel]:
-    """The model of a command answer for this registry: ``{"actions": [...], "say": "..."}``."""
+def device_action_models(devices: Iterable[Device]) -> list[type[BaseModel]]:
+    """One model per (device, action): ``{"device": id, "action": name, "params": {...}}``."""
     items: list[type[BaseModel]] = []
-    for d in registry.devices:
+    for d in devices:
         for name, action in d.all_actions().items():
             tag = _camel(d.id, name)
             items.append(create_model(
                 f"Do{tag}", __base__=_Closed, device=(Literal[d.id], ...), action=(Literal[name], ...),
                 params=(_params_model(f"{tag}Params", action), ...),
             ))  # fmt: skip
+    return items
+
+
+def output_model(registry: Registry) -> type[BaseModel]:
+    """The model of a command answer for this registry: ``{"actions": [...], "say": "..."}``."""
+    items = device_action_models(registry.devices)
     for (area, dtype, name), action in _groups(registry).items():
         tag = _camel(area, dtype, name)
         items.append(create_model(

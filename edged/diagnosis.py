@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
-from typing import Annotated, Any, Literal
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from edged.prompts import user_content
+from edged.actions import device_action_models
+from edged.prompts import actions_text, user_content
+from edged.registry import Device, Registry
 from edged.sessions import Turn
 from edged.summaries import Summary, relevant, summarise
 from edged.telemetry import Series, TelemetryStore
@@ -19,8 +21,9 @@ DIAGNOSIS_SYSTEM = (
     '{"summary": one sentence, "severity": "ok"|"info"|"warning"|"critical", '
     '"findings": [{"sensor": sensor id, "value": a number from the summaries, "note": why it matters}], '
     '"likely_causes": [{"cause": ..., "confidence": 0 to 1}] most likely first, '
-    '"recommended_actions": [{"action": ...}], "data_gaps": [what is missing or stale]}. '
-    "Cite only sensors and numbers given to you."
+    '"recommended_actions": [{"action": ..., "do": optional, one of the registry actions offered, as '
+    '{"device": ..., "action": ..., "params": {...}}}], "data_gaps": [what is missing or stale]}. '
+    "Cite only sensors and numbers given to you. edged never runs a recommended action; people decide."
 )
 
 Text = Annotated[str, Field(max_length=80)]
@@ -41,8 +44,17 @@ class Step(_Closed):
     action: Text
 
 
-def diagnosis_model(sensors: list[str]) -> type[BaseModel]:
-    """The answer model; ``findings[].sensor`` can only name the sensors that were shown to the model."""
+def _step_model(devices: Sequence[Device]) -> type[BaseModel]:
+    """A recommended step; with devices, optionally one of their registry actions (never dispatched)."""
+    if not devices:
+        return Step
+    do: Any = Union[tuple(device_action_models(devices))]  # type: ignore[valid-type]
+    return create_model("Step", __base__=_Closed, action=(Text, ...), do=(Optional[do], None))
+
+
+def diagnosis_model(sensors: list[str], devices: Sequence[Device] = ()) -> type[BaseModel]:
+    """The answer model; ``findings[].sensor`` can only name the sensors that were shown to the model,
+    ``recommended_actions[].do`` only the actions of ``devices``."""
     sensor: Any = Literal[tuple(sensors)] if sensors else Annotated[str, Field(max_length=48)]  # type: ignore[misc]
     finding = create_model("Finding", __base__=_Closed, sensor=(sensor, ...), value=(Number, ...), note=(Text, ...))
     return create_model(
@@ -52,7 +64,7 @@ def diagnosis_model(sensors: list[str]) -> type[BaseModel]:
         severity=(Literal["ok", "info", "warning", "critical"], ...),
         findings=(list[finding], Field(max_length=4)),  # type: ignore[valid-type]
         likely_causes=(list[Cause], Field(max_length=3)),
-        recommended_actions=(list[Step], Field(max_length=3)),
+        recommended_actions=(list[_step_model(devices)], Field(max_length=3)),  # type: ignore[misc]
         data_gaps=(list[Text], Field(max_length=3)),
     )
 
@@ -79,22 +91,31 @@ def telemetry_block(chosen: list[Summary], series: list[Series], *, budget_chars
     return "\n".join(lines)
 
 
+def actions_block(devices: Sequence[Device]) -> str:
+    if not devices:
+        return ""
+    lines = ["Registry actions you may recommend (edged never runs them):"]
+    return "\n".join([*lines, *(f"- {d.id}: {actions_text(d)}" for d in devices)])
+
+
 def diagnosis_messages(
-    text: str, *, telemetry: str, context: Mapping[str, Any] | None, history: Iterable[Turn] = ()
+    text: str, *, telemetry: str, context: Mapping[str, Any] | None, history: Iterable[Turn] = (), actions: str = ""
 ) -> list[dict[str, str]]:
     messages = [{"role": "system", "content": DIAGNOSIS_SYSTEM}]
     for turn in history:
         messages += [{"role": "user", "content": turn.user}, {"role": "assistant", "content": turn.answer}]
-    content = user_content(text, context)
-    messages.append({"role": "user", "content": f"{content}\n\n{telemetry}" if telemetry else content})
+    content = "\n\n".join(part for part in (user_content(text, context), telemetry, actions) if part)
+    messages.append({"role": "user", "content": content})
     return messages
 
 
 class Diagnostics:
     """Builds diagnostic prompts from live telemetry and checks the structured answer."""
 
-    def __init__(self, store: TelemetryStore | None, *, budget_chars: int, max_sensors: int, clock: Any = time.time):
+    def __init__(self, store: TelemetryStore | None, *, budget_chars: int, max_sensors: int,
+                 registry: Callable[[], Registry | None] = lambda: None, clock: Any = time.time):  # fmt: skip
         self.store = store
+        self._registry = registry
         self._budget = budget_chars
         self._max_sensors = max_sensors
         self._clock = clock
@@ -107,7 +128,15 @@ class Diagnostics:
         chosen = relevant([summarise(s, now) for s in series], series, text, context, limit=self._max_sensors)
         block = telemetry_block(chosen, series, budget_chars=self._budget)
         keys = [c.key for c in chosen]
-        return diagnosis_model(keys), diagnosis_messages(text, telemetry=block, context=context, history=history), keys
+        devices = self._owners(keys)
+        messages = diagnosis_messages(text, telemetry=block, context=context, history=history, actions=actions_block(devices))
+        return diagnosis_model(keys, devices), messages, keys
+
+    def _owners(self, keys: list[str]) -> list[Device]:
+        """Registry devices whose id is a shown sensor's first topic level (``pump_3`` for ``pump_3/vibration``)."""
+        registry = self._registry()
+        owners = {k.split("/")[0] for k in keys}
+        return [d for d in registry.devices if d.id in owners] if registry is not None else []
 
     @staticmethod
     def outcome(model: type[BaseModel], answer: str) -> tuple[dict[str, Any] | None, str | None]:

@@ -57,7 +57,7 @@ class Generation:
     prefill_ms: float
     decode_ms: float
     finish_reason: str  # stop | length | stopped
-    thinking_closed_by_budget: bool = False
+    thinking_closed_by: str | None = None  # "model" (it wrote </think>), "budget" (edged forced it); None: never closed
     mask_ms: float = 0.0  # time spent computing grammar masks
     cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
     forced_tokens: int = 0  # of completion_tokens, those the grammar forced (appended without sampling)
@@ -259,7 +259,7 @@ class MlxEngine:
             prefill_ms=(first_at - seq.submitted_at) * 1000,
             decode_ms=(ended - first_at) * 1000,
             finish_reason=seq.finish or "length",
-            thinking_closed_by_budget=budget is not None and split.end_index == budget,
+            thinking_closed_by=_closed_by(split.end_index, budget),
             mask_ms=constraint.mask_seconds * 1000 if constraint else 0.0,
             forced_tokens=seq.forced,
             steps=seq.steps,
@@ -283,6 +283,12 @@ class MlxEngine:
         if mode == "think" and self.think.end is not None and sampling.thinking_budget is not None:
             processors.append(ThinkBudget(0, self.think.end, sampling.thinking_budget))
         return processors
+
+
+def _closed_by(end_index: int | None, budget: int | None) -> str | None:
+    if end_index is None:
+        return None
+    return "budget" if end_index == budget else "model"
 
 
 def _sampler(s: SamplingSettings) -> Callable[[mx.array], mx.array]:

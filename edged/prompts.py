@@ -68,12 +68,16 @@ def device_catalogue(registry: Any) -> str:
     areas = "; ".join(f"{a.id} ({', '.join([a.name, *a.aliases])})" for a in registry.areas)
     lines = [f"Areas: {areas}", "Devices (id: name, aliases | area | type | actions):"]
     for d in registry.devices:
-        actions = ", ".join(
-            f"{n}({', '.join(_param_text(k, p) for k, p in a.params.items())})" if a.params else n
-            for n, a in d.all_actions().items()
-        )
-        lines.append(f"- {d.id}: {', '.join([d.name, *d.aliases])} | {d.area} | {d.type} | {actions}")
+        lines.append(f"- {d.id}: {', '.join([d.name, *d.aliases])} | {d.area} | {d.type} | {actions_text(d)}")
     return "\n".join(lines)
+
+
+def actions_text(device: Any) -> str:
+    """A device's actions with their parameter ranges: ``stop, set_speed(speed 0-100 %)``."""
+    return ", ".join(
+        f"{n}({', '.join(_param_text(k, p) for k, p in a.params.items())})" if a.params else n
+        for n, a in device.all_actions().items()
+    )
 
 
 def _example_value(p: Any) -> Any:

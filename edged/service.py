@@ -189,6 +189,8 @@ class Service:
         result = outcome.result
         if result is not None:
             result = {**result, "finish_reason": gen.finish_reason, **({"notes": notes} if notes else {})}
+            if mode == "think":
+                result["thinking"] = {"tokens": gen.reasoning_tokens, "closed_by": gen.thinking_closed_by}
         reasoning = gen.reasoning if job.include_reasoning else None
         return Result(id=req.id, status=outcome.status, result=result, error=outcome.error, reasoning=reasoning, **common)
 

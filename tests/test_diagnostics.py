@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import math
 import uuid
+from pathlib import Path
 
 import pytest
 
 from conftest import make_settings
 from edged import simulator
-from edged.diagnosis import diagnosis_model
+from edged.diagnosis import Diagnostics, diagnosis_model
+from edged.registry import load_registry
 from edged.summaries import relevant, slope_per_minute, summarise
 from edged.telemetry import SensorSpec, TelemetrySettings, TelemetryStore, read_value
 
@@ -87,6 +89,39 @@ def test_diagnosis_schema_only_cites_shown_sensors():
         model.model_validate({**good, "severity": "apocalyptic"})
 
 
+PLANT = Path(__file__).resolve().parent.parent / "config" / "registry-plant.toml"
+
+
+def test_recommended_actions_may_name_only_the_shown_devices_registry_actions():
+    """pump_3's sensors are shown: its registry actions are offered in the prompt and the schema; no other device's."""
+    now = [0.0]
+    store = _store(lambda: now[0])
+    for p, v in (("pump_1", 2.0), ("pump_3", 9.0)):
+        store.ingest(f"plant/{p}/vibration", json.dumps({"value": v}).encode())
+    registry = load_registry(PLANT)
+    diag = Diagnostics(store, budget_chars=2000, max_sensors=5, registry=lambda: registry, clock=lambda: now[0])
+    model, messages, keys = diag.prepare("why is pump 3 vibrating?", context=None, history=())
+    assert keys == ["pump_3/vibration"]
+    prompt = messages[-1]["content"]
+    assert "- pump_3: set_speed(speed 0-100 %), start, stop" in prompt and "pump_1:" not in prompt
+    base = {"summary": "s", "severity": "warning", "findings": [], "likely_causes": [], "data_gaps": []}
+
+    def step(do):
+        return {**base, "recommended_actions": [{"action": "slow it down", "do": do}]}
+
+    assert model.model_validate(step({"device": "pump_3", "action": "set_speed", "params": {"speed": 40}}))
+    assert model.model_validate({**base, "recommended_actions": [{"action": "inspect the bearing"}]})  # "do" is optional
+    for wrong in ({"device": "pump_1", "action": "stop", "params": {}},  # not shown
+                  {"device": "pump_3", "action": "open", "params": {}},  # not its action
+                  {"device": "pump_3", "action": "set_speed", "params": {"speed": 400}}):  # out of range
+        with pytest.raises(ValueError):
+            model.model_validate(step(wrong))
+    unrelated, _, _ = Diagnostics(store, budget_chars=2000, max_sensors=5, clock=lambda: now[0]).prepare(
+        "why is pump 3 vibrating?", context=None, history=())
+    with pytest.raises(ValueError):  # no registry: free-text steps only
+        unrelated.model_validate(step({"device": "pump_3", "action": "stop", "params": {}}))
+
+
 SENSORS = [{"id": "vibration", "topic": "{p}/+/vibration", "path": "value", "unit": "mm/s", "normal_max": 4.5},
            {"id": "bearing_temp", "topic": "{p}/+/bearing_temp", "path": "value", "unit": "°C", "normal_max": 70}]  # fmt: skip
 THINK = {"temperature": 0.6, "top_p": 0.95, "top_k": 20, "max_tokens": 2048, "thinking_budget": 16}
@@ -97,7 +132,7 @@ def line(start_daemon, client_for):
     """edged with telemetry from a private topic prefix, structured diagnoses on, readings from the simulator."""
     prefix = f"line-{uuid.uuid4().hex[:8]}"
     sensors = [{k: (v.format(p=prefix) if k == "topic" else v) for k, v in s.items()} for s in SENSORS]
-    d = start_daemon(telemetry={"sensors": sensors}, model={"think": THINK},
+    d = start_daemon(telemetry={"sensors": sensors}, model={"think": THINK}, devices={"registry": str(PLANT), "dispatch": False},
                      diagnostics={"structured": True, "progress_interval_s": 0.2})  # fmt: skip
     c = client_for(d.base, timeout=120)
     n = simulator.run(c.publish, prefix, 4, fault="bearing", fault_pump=3, steps=6, interval_s=0, wait=lambda _s: None)
@@ -119,10 +154,13 @@ def test_query_thinks_then_answers_a_schema_valid_diagnosis(line):
     r = c.request("query", {"text": "why is pump 3 vibrating?", "include_reasoning": True})
     assert (r["status"], r["mode"]) == ("ok", "think"), r
     assert r["usage"]["reasoning_tokens"] == THINK["thinking_budget"] and "reasoning" in r
+    assert r["result"]["thinking"] == {"tokens": THINK["thinking_budget"], "closed_by": "budget"}
     diagnosis = r["result"]["diagnosis"]
     assert diagnosis["severity"] in ("ok", "info", "warning", "critical")
     assert "pump_3/vibration" in r["result"]["sensors"]
     assert all(f["sensor"] in r["result"]["sensors"] for f in diagnosis["findings"])
+    owners = {s.split("/")[0] for s in r["result"]["sensors"]}
+    assert all(a["do"] is None or a["do"]["device"] in owners for a in diagnosis["recommended_actions"])
 
 
 def test_progress_then_cancel(line):

@@ -40,7 +40,7 @@ def test_thinking_budget_closes_the_block_and_the_answer_follows(engine):
     """A random model never writes </think>; the budget forces it, the split happens at its id."""
     gen = engine.generate(MESSAGES, "think", SETTINGS.think)
     budget = SETTINGS.think.thinking_budget
-    assert gen.thinking_closed_by_budget
+    assert gen.thinking_closed_by == "budget"
     assert gen.reasoning_tokens == budget
     assert gen.completion_tokens > budget  # answer tokens came after the forced </think>
     assert "</think>" not in gen.answer and "</think>" not in (gen.reasoning or "")
