@@ -127,7 +127,8 @@ class Daemon:
             max_sessions=s.sessions.max_sessions,
         )
         diagnostics = (
-            Diagnostics(self.telemetry, budget_chars=s.diagnostics.telemetry_chars, max_sensors=s.diagnostics.max_sensors,
+            Diagnostics(self.telemetry, budget_tokens=s.diagnostics.telemetry_tokens, max_sensors=s.diagnostics.max_sensors,
+                        count_tokens=self.engine.count_tokens,
                         registry=self.devices.store.get if self.devices is not None else lambda: None)
             if s.diagnostics.structured
             else None

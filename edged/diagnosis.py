@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
@@ -26,6 +27,8 @@ DIAGNOSIS_SYSTEM = (
     "Cite only sensors and numbers given to you. edged never runs a recommended action; people decide."
 )
 
+MAX_RAW = 20  # raw readings per sensor at most
+RAW_LABEL = "recent (s ago: value): "
 Text = Annotated[str, Field(max_length=80)]
 Number = Annotated[float, Field(ge=-1e6, le=1e6, json_schema_extra={"multipleOf": 0.001})]
 Confidence = Annotated[float, Field(ge=0, le=1, json_schema_extra={"multipleOf": 0.05})]
@@ -69,26 +72,35 @@ def diagnosis_model(sensors: list[str], devices: Sequence[Device] = ()) -> type[
     )
 
 
-def telemetry_block(chosen: list[Summary], series: list[Series], *, budget_chars: int) -> str:
-    """Summaries first; then raw readings, newest first, while the character budget lasts."""
+def telemetry_block(chosen: list[Summary], series: list[Series], *, budget_tokens: int, count: Callable[[str], int]) -> str:
+    """Summaries first; then raw readings newest first, a round across all sensors at a time, while
+    ``budget_tokens`` (counted with the model's tokenizer) lasts."""
     if not chosen:
         return ""
     lines = ["Sensor summaries (computed by edged):", *(s.line() for s in chosen)]
-    used = sum(len(line) + 1 for line in lines)
+    used = count("\n".join(lines))
     by_key = {s.key: s for s in series}
+    pieces: dict[str, list[str]] = {}
     for summary in chosen:
-        samples = by_key[summary.key].samples
-        if not samples:
-            continue
-        newest = samples[-1][0]
-        raw = f"{summary.key} recent (s ago: value): " + ", ".join(
-            f"{newest - t:.0f}: {v:.4g}" for t, v in reversed(samples[-20:])
-        )
-        if used + len(raw) > budget_chars:
-            break
-        lines.append(raw)
-        used += len(raw) + 1
-    return "\n".join(lines)
+        samples = by_key[summary.key].samples[-MAX_RAW:]
+        if samples:
+            newest = samples[-1][0]
+            pieces[summary.key] = [f"{newest - t:.0f}: {v:.4g}" for t, v in reversed(samples)]
+    taken = dict.fromkeys(pieces, 0)
+    for i in range(MAX_RAW):
+        for key, mine in pieces.items():
+            if i >= len(mine):
+                continue
+            cost = count(mine[i]) + 1 + (count(f"\n{key} {RAW_LABEL}") if i == 0 else 0)
+            if used + cost > budget_tokens:
+                return "\n".join(lines + _raw_lines(pieces, taken))
+            used += cost
+            taken[key] += 1
+    return "\n".join(lines + _raw_lines(pieces, taken))
+
+
+def _raw_lines(pieces: dict[str, list[str]], taken: dict[str, int]) -> list[str]:
+    return [f"{key} {RAW_LABEL}" + ", ".join(mine[: taken[key]]) for key, mine in pieces.items() if taken[key]]
 
 
 def actions_block(devices: Sequence[Device]) -> str:
@@ -109,28 +121,39 @@ def diagnosis_messages(
     return messages
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """One diagnostic query, ready to run."""
+
+    model: type[BaseModel]  # the answer schema
+    messages: list[dict[str, str]]
+    sensors: list[str]  # shown to the model
+    abnormal: list[str]  # of those, flagged by edged's own numbers (out of range, stale, unusual)
+
+
 class Diagnostics:
     """Builds diagnostic prompts from live telemetry and checks the structured answer."""
 
-    def __init__(self, store: TelemetryStore | None, *, budget_chars: int, max_sensors: int,
+    def __init__(self, store: TelemetryStore | None, *, budget_tokens: int, max_sensors: int,
+                 count_tokens: Callable[[str], int] = lambda text: len(text) // 3 + 1,
                  registry: Callable[[], Registry | None] = lambda: None, clock: Any = time.time):  # fmt: skip
+        """``count_tokens``: the model's tokenizer (the default guesses from the length)."""
         self.store = store
         self._registry = registry
-        self._budget = budget_chars
+        self._budget = budget_tokens
+        self._count = count_tokens
         self._max_sensors = max_sensors
         self._clock = clock
 
-    def prepare(
-        self, text: str, *, context: Mapping[str, Any] | None, history: Iterable[Turn]
-    ) -> tuple[type[BaseModel], list[dict[str, str]], list[str]]:
+    def prepare(self, text: str, *, context: Mapping[str, Any] | None, history: Iterable[Turn]) -> Prepared:
         series = self.store.series() if self.store else []
         now = self._clock()
         chosen = relevant([summarise(s, now) for s in series], series, text, context, limit=self._max_sensors)
-        block = telemetry_block(chosen, series, budget_chars=self._budget)
+        block = telemetry_block(chosen, series, budget_tokens=self._budget, count=self._count)
         keys = [c.key for c in chosen]
         devices = self._owners(keys)
         messages = diagnosis_messages(text, telemetry=block, context=context, history=history, actions=actions_block(devices))
-        return diagnosis_model(keys, devices), messages, keys
+        return Prepared(diagnosis_model(keys, devices), messages, keys, [c.key for c in chosen if c.abnormal])
 
     def _owners(self, keys: list[str]) -> list[Device]:
         """Registry devices whose id is a shown sensor's first topic level (``pump_3`` for ``pump_3/vibration``)."""

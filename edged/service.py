@@ -189,7 +189,7 @@ class Service:
         result = outcome.result
         if result is not None:
             result = {**result, "finish_reason": gen.finish_reason, **({"notes": notes} if notes else {})}
-            if mode == "think":
+            if mode == "think" and gen.reasoning is not None:
                 result["thinking"] = {"tokens": gen.reasoning_tokens, "closed_by": gen.thinking_closed_by}
         reasoning = gen.reasoning if job.include_reasoning else None
         return Result(id=req.id, status=outcome.status, result=result, error=outcome.error, reasoning=reasoning, **common)
@@ -206,15 +206,15 @@ class Service:
 
             return Plan(messages, schema, finish_command)
         if job.kind == "query" and self._diagnostics is not None:
-            model, messages, sensors = self._diagnostics.prepare(text, context=req.context, history=history)
+            query = self._diagnostics.prepare(text, context=req.context, history=history)
 
             def finish_query(gen: Any) -> Outcome:
-                diagnosis, problem = Diagnostics.outcome(model, gen.answer)
+                diagnosis, problem = Diagnostics.outcome(query.model, gen.answer)
                 if diagnosis is None:
                     return Outcome("error", {"text": gen.answer}, ErrorInfo(code=ErrorCode.INVALID_ANSWER, message=problem or ""), False)
-                return Outcome("ok", {"diagnosis": diagnosis, "sensors": sensors})
+                return Outcome("ok", {"diagnosis": diagnosis, "sensors": query.sensors, "abnormal": query.abnormal})
 
-            return Plan(messages, model.model_json_schema(), finish_query)
+            return Plan(query.messages, query.model.model_json_schema(), finish_query)
         messages = build_messages(job.kind, text, context=req.context, history=history)
         return Plan(messages, None, lambda gen: Outcome("ok", answer_object(gen.answer)))
 

@@ -48,8 +48,10 @@ class Summary:
         if self.z_last is not None:
             parts.append(f"z {self.z_last:+.1f}")
         lo, hi = self.normal
-        if lo is not None or hi is not None:
-            parts.append(f"normal {_n(lo) if lo is not None else '-inf'}..{_n(hi) if hi is not None else 'inf'}")
+        if lo is not None and hi is not None:
+            parts.append(f"normal {_n(lo)}..{_n(hi)}")
+        elif lo is not None or hi is not None:
+            parts.append(f"normal {'>= ' + _n(lo) if lo is not None else '<= ' + _n(hi)}")
         flags = [f for f, on in (("OUT OF RANGE", self.out_of_range), ("STALE", self.stale),
                                  ("UNUSUAL", self.z_last is not None and abs(self.z_last) >= Z_FLAG)) if on]  # fmt: skip
         return "; ".join(parts) + (f" [{', '.join(flags)}]" if flags else "")

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import make_settings
 from edged import simulator
-from edged.diagnosis import Diagnostics, diagnosis_model
+from edged.diagnosis import Diagnostics, diagnosis_model, telemetry_block
 from edged.registry import load_registry
 from edged.summaries import relevant, slope_per_minute, summarise
 from edged.telemetry import SensorSpec, TelemetrySettings, TelemetryStore, read_value
@@ -99,10 +99,10 @@ def test_recommended_actions_may_name_only_the_shown_devices_registry_actions():
     for p, v in (("pump_1", 2.0), ("pump_3", 9.0)):
         store.ingest(f"plant/{p}/vibration", json.dumps({"value": v}).encode())
     registry = load_registry(PLANT)
-    diag = Diagnostics(store, budget_chars=2000, max_sensors=5, registry=lambda: registry, clock=lambda: now[0])
-    model, messages, keys = diag.prepare("why is pump 3 vibrating?", context=None, history=())
-    assert keys == ["pump_3/vibration"]
-    prompt = messages[-1]["content"]
+    diag = Diagnostics(store, budget_tokens=600, max_sensors=5, registry=lambda: registry, clock=lambda: now[0])
+    query = diag.prepare("why is pump 3 vibrating?", context=None, history=())
+    assert query.sensors == query.abnormal == ["pump_3/vibration"]  # 9 mm/s: out of range
+    model, prompt = query.model, query.messages[-1]["content"]
     assert "- pump_3: set_speed(speed 0-100 %), start, stop" in prompt and "pump_1:" not in prompt
     base = {"summary": "s", "severity": "warning", "findings": [], "likely_causes": [], "data_gaps": []}
 
@@ -116,8 +116,8 @@ def test_recommended_actions_may_name_only_the_shown_devices_registry_actions():
                   {"device": "pump_3", "action": "set_speed", "params": {"speed": 400}}):  # out of range
         with pytest.raises(ValueError):
             model.model_validate(step(wrong))
-    unrelated, _, _ = Diagnostics(store, budget_chars=2000, max_sensors=5, clock=lambda: now[0]).prepare(
-        "why is pump 3 vibrating?", context=None, history=())
+    unrelated = Diagnostics(store, budget_tokens=600, max_sensors=5, clock=lambda: now[0]).prepare(
+        "why is pump 3 vibrating?", context=None, history=()).model
     with pytest.raises(ValueError):  # no registry: free-text steps only
         unrelated.model_validate(step({"device": "pump_3", "action": "stop", "params": {}}))
 
@@ -158,6 +158,7 @@ def test_query_thinks_then_answers_a_schema_valid_diagnosis(line):
     diagnosis = r["result"]["diagnosis"]
     assert diagnosis["severity"] in ("ok", "info", "warning", "critical")
     assert "pump_3/vibration" in r["result"]["sensors"]
+    assert "pump_3/vibration" in r["result"]["abnormal"] and set(r["result"]["abnormal"]) <= set(r["result"]["sensors"])
     assert all(f["sensor"] in r["result"]["sensors"] for f in diagnosis["findings"])
     owners = {s.split("/")[0] for s in r["result"]["sensors"]}
     assert all(a["do"] is None or a["do"]["device"] in owners for a in diagnosis["recommended_actions"])
@@ -202,3 +203,33 @@ def test_smollm2_grounds_a_diagnosis_in_the_anomalous_readings(start_daemon, smo
     last = {s.key: s.samples[-1][1] for s in d.telemetry.series()}
     cited = {(f["sensor"], f["value"]) for f in r["result"]["diagnosis"]["findings"]}
     assert any(sensor.startswith("pump_3/") and abs(value - last[sensor]) < 0.01 for sensor, value in cited), cited
+
+
+def test_raw_readings_fill_the_token_budget_newest_first_across_sensors():
+    """Summaries always; then raw readings a round at a time (each sensor's newest first) until the budget ends."""
+    now = [0.0]
+    store = _store(lambda: now[0])
+    for i in range(30):
+        for p in ("pump_1", "pump_2"):
+            store.ingest(f"plant/{p}/vibration", json.dumps({"value": 2 + i / 100}).encode())
+        now[0] += 10
+    series = store.series()
+    chosen = [summarise(s, now[0]) for s in series]
+
+    def words(text: str) -> int:  # a stand-in tokenizer: one token per space-separated word
+        return len(text.split())
+
+    def raw(block: str) -> dict[str, list[str]]:
+        return {line.split()[0]: line.split("): ", 1)[1].split(", ") for line in block.splitlines() if "recent" in line}
+
+    summaries = telemetry_block(chosen, series, budget_tokens=1, count=words)
+    assert summaries.count("\n") == 2 and not raw(summaries)  # the summaries fit whatever the budget
+    base = words(summaries)
+    # each reading "0: 2.29" costs 2 words + 1 separator; each sensor's first also its label (5 words)
+    two_rounds = base + 2 * (5 + 3) + 2 * 3
+    some = raw(telemetry_block(chosen, series, budget_tokens=two_rounds, count=words))
+    assert some == {"pump_1/vibration": ["0: 2.29", "10: 2.28"], "pump_2/vibration": ["0: 2.29", "10: 2.28"]}
+    short = raw(telemetry_block(chosen, series, budget_tokens=two_rounds - 1, count=words))
+    assert short == {"pump_1/vibration": ["0: 2.29", "10: 2.28"], "pump_2/vibration": ["0: 2.29"]}
+    everything = raw(telemetry_block(chosen, series, budget_tokens=10_000, count=words))
+    assert [len(v) for v in everything.values()] == [20, 20]  # at most 20 a sensor

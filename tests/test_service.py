@@ -29,6 +29,7 @@ GEN = Generation(
     prefill_ms=30.04,
     decode_ms=120.06,
     finish_reason="stop",
+    thinking_closed_by="model",
 )
 
 
@@ -114,9 +115,9 @@ def test_ok_result_shape() -> None:
 
 
 def test_plain_answer_has_no_data() -> None:
-    """A prose answer gives result.text and no result.data."""
+    """A prose answer gives result.text and no result.data; a thinking one says how it thought."""
     result = make_service(FakeEngine(), FakeClock()).handle(job())
-    assert result.result == {"text": "All good.", "finish_reason": "stop"}
+    assert result.result == {"text": "All good.", "finish_reason": "stop", "thinking": {"tokens": 12, "closed_by": "model"}}
     assert result.mode == "think"
 
 
