@@ -1,4 +1,4 @@
-"""Command line: ``edged run``, ``edged config check``, ``edged model build-test``, ``edged service install``, ``edged demo``, ``edged bench``."""
+"""Command line: ``edged run``, ``edged config check``, ``edged model build-test``, ``edged service install``, ``edged demo``, ``edged bench``, ``edged bench-diagnostics``."""
 
 from __future__ import annotations
 
@@ -75,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     from edged.bench.run import add_arguments as bench_arguments
 
     bench_arguments(sub.add_parser("bench", help="latency, throughput and memory of edged over MQTT, beside raw mlx-lm (and llama.cpp)"))
+    from edged.bench.diagnostics import add_arguments as diagnostics_arguments
+
+    diagnostics_arguments(sub.add_parser("bench-diagnostics", help="diagnostic queries over simulated pump-line readings: tokens, progress, thinking budget"))
     return p
 
 
@@ -158,11 +161,11 @@ def main(argv: list[str] | None = None) -> int:
 
         setup_logging("warning")
         return run_demo(args.config, args.model)
-    if args.command == "bench":
-        from edged.bench.run import run as run_bench
+    if args.command in ("bench", "bench-diagnostics"):
+        from edged.bench import diagnostics, run
 
         setup_logging("info", "console" if sys.stderr.isatty() else "json", stream=sys.stderr)
-        return run_bench(args)
+        return (run.run if args.command == "bench" else diagnostics.run)(args)
 
     settings = _load(args.config)
     if settings is None:

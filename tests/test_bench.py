@@ -32,21 +32,26 @@ def test_overhead_is_caller_latency_minus_model_time() -> None:
     assert o["share_total"] == 0.275
 
 
+def _run_cli(args: list[str], broker: tuple[str, int], tmp_path: Path, *, timeout: float) -> tuple[str, dict]:
+    """``edged <args>`` as its own process against the broker; its stdout and its ``--json`` document."""
+    out = tmp_path / "out.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGED_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "edged.cli", *args, "--json", str(out), "--workdir", str(tmp_path / "work"),
+         "--host", broker[0], "--port", str(broker[1])],
+        capture_output=True, text=True, timeout=timeout, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout, json.loads(out.read_text())
+
+
 def _positive(x: object) -> bool:
     return isinstance(x, (int, float)) and x > 0
 
 
 def test_bench_quick_reports_every_figure(broker, tiny_model_dir: Path, tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGED_")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "edged.cli", "bench", "--quick", "--model", str(tiny_model_dir), "--json", str(out),
-         "--workdir", str(tmp_path / "work"), "--host", broker[0], "--port", str(broker[1])],
-        capture_output=True, text=True, timeout=240, env=env,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "command latency idle p50 ms" in proc.stdout and "targets" in proc.stdout
-    doc = json.loads(out.read_text())
+    stdout, doc = _run_cli(["bench", "--quick", "--model", str(tiny_model_dir)], broker, tmp_path, timeout=240)
+    assert "command latency idle p50 ms" in stdout and "targets" in stdout
     e = doc["edged"]
     idle = e["idle"]
     assert idle["n"] == 3 and 0 < idle["p50_ms"] <= idle["p95_ms"] <= idle["p99_ms"]
@@ -72,3 +77,17 @@ def test_bench_quick_reports_every_figure(broker, tiny_model_dir: Path, tmp_path
                                                   "throughput_8_vs_1", "overhead_share"]  # fmt: skip
     assert all(t["met"] in (True, False, None) for t in doc["targets"])
     assert len(doc["samples"]["idle"]) == 3 and all(s["usage"]["prompt_tokens"] > 0 for s in doc["samples"]["idle"])
+
+
+def test_bench_diagnostics_reports_tokens_progress_and_the_thinking_budget(broker, tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The random Qwen3 never writes </think>: every query's block is closed by the budget, and counted so."""
+    stdout, doc = _run_cli(["bench-diagnostics", "--model", str(tiny_model_dir), "--queries", "2", "--steps", "4", "--interval", "0",
+                            "--thinking-budget", "16", "--think-max-tokens", "1024"], broker, tmp_path, timeout=300)  # fmt: skip
+    assert "</think> closed by" in stdout and "example result" in stdout
+    s = doc["summary"]
+    assert s["queries"] == 2 and s["mode"] == ["think"]
+    assert s["thinking_closed_by"] == {"budget": 2} and s["reasoning_tokens_p50"] == 16
+    assert _positive(s["first_progress_ms_p50"]) and s["first_progress_ms_p50"] <= s["latency_ms_p50"]
+    assert doc["readings"] == 4 * 5 * 4 and doc["ten_sensors"]["sensors"] == 10
+    assert doc["ten_sensors"]["prompt_tokens"] > s["prompt_tokens"] > 0  # ten sensors cost more than pump 3's five
+    assert all(r["result"]["result"]["sensors"][0].startswith("pump_3/") for r in doc["runs"] if r["result"]["status"] == "ok")

@@ -74,11 +74,10 @@ level = "info"
 class BenchDaemon:
     """One ``python -m edged.cli run`` process; its log goes to a file beside the config."""
 
-    def __init__(self, config: DaemonConfig, workdir: Path):
-        self.config = config
-        self.base = f"edged/{config.node_id}"
+    def __init__(self, toml: str, node_id: str, workdir: Path):
+        self.base = f"edged/{node_id}"
         self.config_path = workdir / "edged-bench.toml"
-        self.config_path.write_text(config.toml())
+        self.config_path.write_text(toml)
         self.log_path = workdir / "edged-bench.log"
         self._log = self.log_path.open("ab")
         env = {k: v for k, v in os.environ.items() if not k.startswith("EDGED_")}

@@ -81,7 +81,7 @@ def drive(args: argparse.Namespace, model: ModelChoice, workdir: Path) -> dict[s
     config = DaemonConfig(str(model.path), model.name, args.registry.resolve(), node, args.host, args.port,
                           args.max_tokens, args.think_max_tokens, args.thinking_budget)  # fmt: skip
     workload = load_workload(args.cases, seed=args.seed, n=max(args.requests, args.during_query, args.throughput_requests))
-    daemon = BenchDaemon(config, workdir)
+    daemon = BenchDaemon(config.toml(), node, workdir)
     try:
         with EdgedClient(daemon.base, host=args.host, port=args.port, timeout=30) as client:
             load_s = daemon.wait_online(client)
