@@ -13,7 +13,7 @@ from edged.actions import device_action_models
 from edged.prompts import actions_text, user_content
 from edged.registry import Device, Registry
 from edged.sessions import Turn
-from edged.summaries import Summary, relevant, summarise
+from edged.summaries import Summary, citable, relevant, summarise
 from edged.telemetry import Series, TelemetryStore
 
 DIAGNOSIS_SYSTEM = (
@@ -55,11 +55,24 @@ def _step_model(devices: Sequence[Device]) -> type[BaseModel]:
     return create_model("Step", __base__=_Closed, action=(Text, ...), do=(Optional[do], None))
 
 
-def diagnosis_model(sensors: list[str], devices: Sequence[Device] = ()) -> type[BaseModel]:
-    """The answer model; ``findings[].sensor`` can only name the sensors that were shown to the model,
-    ``recommended_actions[].do`` only the actions of ``devices``."""
-    sensor: Any = Literal[tuple(sensors)] if sensors else Annotated[str, Field(max_length=48)]  # type: ignore[misc]
-    finding = create_model("Finding", __base__=_Closed, sensor=(sensor, ...), value=(Number, ...), note=(Text, ...))
+def _finding_model(cite: Mapping[str, Sequence[float]]) -> Any:
+    """A finding names a shown sensor and cites one of the numbers shown for it, exactly."""
+    models = [
+        create_model(f"Finding{i}", __base__=_Closed, sensor=(Literal[key], ...), value=(Literal[tuple(numbers)], ...),
+                     note=(Text, ...))  # fmt: skip
+        for i, (key, numbers) in enumerate(cite.items())
+        if numbers
+    ]
+    if not models:  # nothing shown: free text within bounds
+        return create_model("Finding", __base__=_Closed, sensor=(Annotated[str, Field(max_length=48)], ...), value=(Number, ...),
+                            note=(Text, ...))  # fmt: skip
+    return Union[tuple(models)]  # type: ignore[valid-type]
+
+
+def diagnosis_model(cite: Mapping[str, Sequence[float]], devices: Sequence[Device] = ()) -> type[BaseModel]:
+    """The answer model for the sensors shown (each with the numbers shown for it): a finding can only
+    cite those, ``recommended_actions[].do`` only the registry actions of ``devices``."""
+    finding = _finding_model(cite)
     return create_model(
         "Diagnosis",
         __base__=_Closed,
@@ -116,7 +129,8 @@ def diagnosis_messages(
     messages = [{"role": "system", "content": DIAGNOSIS_SYSTEM}]
     for turn in history:
         messages += [{"role": "user", "content": turn.user}, {"role": "assistant", "content": turn.answer}]
-    content = "\n\n".join(part for part in (user_content(text, context), telemetry, actions) if part)
+    # the data first, the question last: small models answer the last thing they read
+    content = "\n\n".join(part for part in (actions, telemetry, f"Question: {user_content(text, context)}") if part)
     messages.append({"role": "user", "content": content})
     return messages
 
@@ -153,7 +167,8 @@ class Diagnostics:
         keys = [c.key for c in chosen]
         devices = self._owners(keys)
         messages = diagnosis_messages(text, telemetry=block, context=context, history=history, actions=actions_block(devices))
-        return Prepared(diagnosis_model(keys, devices), messages, keys, [c.key for c in chosen if c.abnormal])
+        cite = {c.key: citable(c) for c in chosen}
+        return Prepared(diagnosis_model(cite, devices), messages, keys, [c.key for c in chosen if c.abnormal])
 
     def _owners(self, keys: list[str]) -> list[Device]:
         """Registry devices whose id is a shown sensor's first topic level (``pump_3`` for ``pump_3/vibration``)."""

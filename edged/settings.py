@@ -259,7 +259,7 @@ class DeviceSettings(_Section):
 
 class DiagnosticSettings(_Section):
     structured: bool = Field(True, description="queries answer with the diagnosis schema (after thinking)")
-    telemetry_tokens: int = Field(1200, ge=50, description="prompt tokens for sensor summaries and raw readings (summaries always fit)")
+    telemetry_tokens: int = Field(800, ge=50, description="prompt tokens for sensor summaries and raw readings (summaries always fit)")
     max_sensors: int = Field(10, ge=1, description="sensors summarised for one question")
     progress_interval_s: float = Field(1.0, ge=0, description="{base}/progress/{id} while a query runs; 0 = off")
 

@@ -57,6 +57,17 @@ class Summary:
         return "; ".join(parts) + (f" [{', '.join(flags)}]" if flags else "")
 
 
+_NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
+
+
+def citable(summary: Summary) -> list[float]:
+    """The numbers ``summary.line()`` shows, as shown (the unit's digits aside): what a finding may cite."""
+    shown = summary.line().split(": ", 1)[1]
+    if summary.unit:
+        shown = shown.replace(summary.unit, "")
+    return list(dict.fromkeys(float(x) for x in _NUMBER.findall(shown)))
+
+
 def _n(x: float | None) -> str:
     return "?" if x is None else f"{x:.4g}"
 

@@ -14,7 +14,7 @@ from conftest import make_settings
 from edged import simulator
 from edged.diagnosis import Diagnostics, diagnosis_model, telemetry_block
 from edged.registry import load_registry
-from edged.summaries import relevant, slope_per_minute, summarise
+from edged.summaries import citable, relevant, slope_per_minute, summarise
 from edged.telemetry import SensorSpec, TelemetrySettings, TelemetryStore, read_value
 
 
@@ -61,6 +61,8 @@ def test_summary_numbers_match_hand_computation():
     assert s.z_last == pytest.approx(7.5 / math.sqrt(1.25))
     assert s.out_of_range and not s.stale and s.abnormal
     assert "OUT OF RANGE" in s.line() and "trend +2/min" in s.line()
+    # what a finding may cite: last, age, min, max, mean, sd, count, trend, z, limit; as the line shows them
+    assert citable(s) == [10, 60, 1, 4, 3.162, 5, 2, 6.7, 4.5], s.line()
     assert summarise(store.series()[0], now=now[0] + 500).stale
     assert slope_per_minute([(0, 5)]) is None
 
@@ -78,7 +80,7 @@ def test_relevance_by_name_context_or_abnormality():
 
 
 def test_diagnosis_schema_only_cites_shown_sensors():
-    model = diagnosis_model(["pump_3/vibration"])
+    model = diagnosis_model({"pump_3/vibration": [7.9, 4.5], "pump_1/vibration": []})
     good = {"summary": "s", "severity": "warning", "findings": [{"sensor": "pump_3/vibration", "value": 7.9, "note": "high"}],
             "likely_causes": [{"cause": "bearing wear", "confidence": 0.7}], "recommended_actions": [{"action": "inspect"}],
             "data_gaps": []}  # fmt: skip
@@ -87,6 +89,9 @@ def test_diagnosis_schema_only_cites_shown_sensors():
         model.model_validate({**good, "findings": [{"sensor": "pump_9/vibration", "value": 1, "note": ""}]})
     with pytest.raises(ValueError):
         model.model_validate({**good, "severity": "apocalyptic"})
+    for sensor, value in (("pump_3/vibration", 8.0), ("pump_1/vibration", 7.9)):  # a number not shown; no readings shown
+        with pytest.raises(ValueError):
+            model.model_validate({**good, "findings": [{"sensor": sensor, "value": value, "note": ""}]})
 
 
 PLANT = Path(__file__).resolve().parent.parent / "config" / "registry-plant.toml"
