@@ -13,7 +13,7 @@ from edged.actions import device_action_models
 from edged.prompts import actions_text, user_content
 from edged.registry import Device, Registry
 from edged.sessions import Turn
-from edged.summaries import Summary, citable, relevant, summarise
+from edged.summaries import Summary, citable, relevant, subject, summarise
 from edged.telemetry import Series, TelemetryStore
 
 DIAGNOSIS_SYSTEM = (
@@ -135,6 +135,12 @@ def diagnosis_messages(
     return messages
 
 
+def _names(registry: Registry) -> dict[str, list[str]]:
+    """How a question may name each device: its name, aliases, and its area's id, name and aliases."""
+    areas = {a.id: [a.id, a.name, *a.aliases] for a in registry.areas}
+    return {d.id: [d.name, *d.aliases, *areas.get(d.area, [])] for d in registry.devices}
+
+
 @dataclass(frozen=True)
 class Prepared:
     """One diagnostic query, ready to run."""
@@ -162,19 +168,17 @@ class Diagnostics:
     def prepare(self, text: str, *, context: Mapping[str, Any] | None, history: Iterable[Turn]) -> Prepared:
         series = self.store.series() if self.store else []
         now = self._clock()
-        chosen = relevant([summarise(s, now) for s in series], series, text, context, limit=self._max_sensors)
+        registry = self._registry()
+        chosen = relevant([summarise(s, now) for s in series], series, text, context, limit=self._max_sensors,
+                          names=_names(registry) if registry is not None else None)  # fmt: skip
         block = telemetry_block(chosen, series, budget_tokens=self._budget, count=self._count)
         keys = [c.key for c in chosen]
-        devices = self._owners(keys)
+        by_key = {s.key: s for s in series}
+        owners = {subject(by_key[k]) for k in keys}
+        devices = [d for d in registry.devices if d.id in owners] if registry is not None else []
         messages = diagnosis_messages(text, telemetry=block, context=context, history=history, actions=actions_block(devices))
         cite = {c.key: citable(c) for c in chosen}
         return Prepared(diagnosis_model(cite, devices), messages, keys, [c.key for c in chosen if c.abnormal])
-
-    def _owners(self, keys: list[str]) -> list[Device]:
-        """Registry devices whose id is a shown sensor's first topic level (``pump_3`` for ``pump_3/vibration``)."""
-        registry = self._registry()
-        owners = {k.split("/")[0] for k in keys}
-        return [d for d in registry.devices if d.id in owners] if registry is not None else []
 
     @staticmethod
     def outcome(model: type[BaseModel], answer: str) -> tuple[dict[str, Any] | None, str | None]:

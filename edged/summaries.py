@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 import re
 import statistics
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from difflib import get_close_matches
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,23 +104,44 @@ def summarise(series: Series, now: float) -> Summary:
     )  # fmt: skip
 
 
-_WORD = re.compile(r"[a-z0-9]+")
+_WORD = re.compile(r"[a-z]+|[0-9]+")  # "pump3" is "pump 3"
+FUZZY_MIN_LEN, FUZZY_CUTOFF = 5, 0.85  # "heatr" finds "heater"; "train" does not find "drain"
+
+
+def subject(series: Series) -> str:
+    """The device a series belongs to: declared, else its key without the last level (``pump_3``)."""
+    return series.spec.device or series.key.rsplit("/", 1)[0]
+
+
+def words_of(text: str) -> set[str]:
+    found = set(_WORD.findall(text.lower()))
+    return found | {w[:-1] for w in found if len(w) > 3 and w.endswith("s")}  # "pumps 2 and 3"
+
+
+def said(phrase: str, words: set[str]) -> bool:
+    """Every word of ``phrase`` is among ``words``; a long word may carry a typo."""
+    wanted = set(_WORD.findall(phrase.lower()))
+    return bool(wanted) and all(
+        w in words or (len(w) >= FUZZY_MIN_LEN and get_close_matches(w, words, n=1, cutoff=FUZZY_CUTOFF)) for w in wanted
+    )
 
 
 def relevant(
-    summaries: list[Summary], series: list[Series], text: str, context: Mapping[str, Any] | None, *, limit: int
-) -> list[Summary]:
-    """Sensors the question is about: named in context.sensors, or whose key/device words all appear in the
-    text (``pump 3`` finds ``pump_3/vibration``); else the abnormal ones. Abnormal first, at most ``limit``."""
+    summaries: list[Summary], series: list[Series], text: str, context: Mapping[str, Any] | None, *, limit: int,
+    names: Mapping[str, Sequence[str]] | None = None,
+) -> list[Summary]:  # fmt: skip
+    """Sensors the question is about: named in ``context.sensors``, or whose device the text names by
+    id (``pump 3`` finds ``pump_3/vibration``) or by any of ``names`` (the registry's names, aliases and
+    the device's area); else the abnormal ones. Abnormal first, at most ``limit``."""
     wanted = {str(s) for s in (context or {}).get("sensors", []) if isinstance(s, str)} if context else set()
-    words = set(_WORD.findall(text.lower().replace("_", " ")))
+    words = words_of(text)
     by_key = {s.key: s for s in series}
+    names = names or {}
 
     def mentioned(summary: Summary) -> bool:
         sr = by_key[summary.key]
-        subject = sr.spec.device or summary.key.rsplit("/", 1)[0]
-        subject_words = set(_WORD.findall(subject.replace("_", " ")))
-        return summary.key in wanted or sr.topic in wanted or (bool(subject_words) and subject_words <= words)
+        device = subject(sr)
+        return summary.key in wanted or sr.topic in wanted or any(said(p, words) for p in (device, *names.get(device, ())))
 
     chosen = [s for s in summaries if mentioned(s)]
     if not chosen:

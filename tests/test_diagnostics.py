@@ -79,6 +79,29 @@ def test_relevance_by_name_context_or_abnormality():
     assert [s.key for s in relevant(sums, series, "anything odd?", None, limit=5)] == ["pump_3/vibration"]  # out of range
 
 
+def test_relevance_by_registry_names_areas_plurals_and_typos():
+    """The registry's names, aliases and areas find a device's sensors; so do "pump3", "pumps 1 and 2" and small typos."""
+    now = [0.0]
+    store = _store(lambda: now[0])
+    for p in ("pump_1", "pump_2", "pump_3", "pump_4"):
+        store.ingest(f"plant/{p}/vibration", b'{"value": 2.0}')
+    series = store.series()
+    sums = [summarise(s, now[0]) for s in series]
+    registry = load_registry(PLANT)
+    diag = Diagnostics(store, budget_tokens=600, max_sensors=10, registry=lambda: registry, clock=lambda: now[0])
+
+    def asked(text: str) -> list[str]:
+        return diag.prepare(text, context=None, history=()).sensors
+
+    assert asked("is anything wrong in the tank farm?") == ["pump_2/vibration", "pump_3/vibration"]  # the area's pumps
+    assert asked("how is the circulation pump?") == asked("how is the circulaton pump?") == ["pump_3/vibration"]  # alias, typo
+    assert asked("why is pump3 vibrating") == ["pump_3/vibration"]
+    assert asked("what about pumps 1 and 2?") == ["pump_1/vibration", "pump_2/vibration"]
+    assert asked("is the feed pump ok?") == ["pump_1/vibration"]
+    assert asked("is the train late?") == []  # not "drain"; nothing abnormal either
+    assert [s.key for s in relevant(sums, series, "and pump 4?", None, limit=5)] == ["pump_4/vibration"]  # no registry: ids
+
+
 def test_diagnosis_schema_only_cites_shown_sensors():
     model = diagnosis_model({"pump_3/vibration": [7.9, 4.5], "pump_1/vibration": []})
     good = {"summary": "s", "severity": "warning", "findings": [{"sensor": "pump_3/vibration", "value": 7.9, "note": "high"}],
