@@ -51,25 +51,51 @@ format = "json"
 
 
 class Edged:
-    """One `edged run` process with its config."""
+    """One `edged run` process with its config; what it logs goes to ``log_path`` and wakes ``wait_event``.
 
-    def __init__(self, config: Path, log_path: Path, env: dict[str, str] | None = None):
+    ``direct``: edged writes to the file itself (its stdout *is* that file, as under journald's
+    stream); then there is nothing to wake ``wait_event``.
+    """
+
+    def __init__(self, config: Path, log_path: Path, env: dict[str, str] | None = None, *, direct: bool = False):
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("EDGED_")}, **(env or {})}
         self.log_path = log_path
         self._log = log_path.open("ab")
+        self._logged = threading.Condition()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edged.cli", "run", "--config", str(config)], stderr=self._log, stdout=self._log, env=env
+            [sys.executable, "-m", "edged.cli", "run", "--config", str(config)],
+            stdout=self._log if direct else subprocess.PIPE, stderr=self._log if direct else subprocess.STDOUT, env=env,
         )
+        self._drainer = threading.Thread(target=self._drain, daemon=True)
+        self._drainer.start()
+
+    def _drain(self) -> None:
+        if self.proc.stdout is None:  # direct
+            self.proc.wait()
+            self._log.close()
+            return
+        for line in self.proc.stdout:
+            with self._logged:
+                self._log.write(line)
+                self._log.flush()
+                self._logged.notify_all()
+        self._log.close()
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(RUN_TIMEOUT)
-        finally:
-            self._log.close()
+        code = self.proc.wait(RUN_TIMEOUT)
+        self._drainer.join(RUN_TIMEOUT)  # everything it logged is in the file
+        return code
 
     def events(self) -> list[dict]:
         return [json.loads(line) for line in self.log_path.read_text().splitlines() if line.startswith("{")]
+
+    def wait_event(self, check, timeout: float = RUN_TIMEOUT, what: str = "event"):
+        """Wait until ``check()`` (reading ``events()``) returns something true; woken by each line edged logs."""
+        with self._logged:
+            if not (found := self._logged.wait_for(check, timeout)):
+                raise TimeoutError(f"no {what} within {timeout} s")
+            return found
 
 
 def free_port() -> int:
@@ -93,6 +119,7 @@ class Mosquitto:
         self.conf.write_text(f"listener {port} 127.0.0.1\nlog_dest stderr\n{saved}{extra_conf}")
         self.proc: subprocess.Popen | None = None
         self.lines: list[str] = []
+        self._logged = threading.Condition()
 
     def start(self) -> None:
         self.proc = subprocess.Popen(["mosquitto", "-c", str(self.conf)], stderr=subprocess.PIPE, text=True)
@@ -106,7 +133,16 @@ class Mosquitto:
     def _drain(self) -> None:
         assert self.proc is not None and self.proc.stderr is not None
         for line in self.proc.stderr:
-            self.lines.append(line)
+            with self._logged:
+                self.lines.append(line)
+                self._logged.notify_all()
+
+    def wait_logged(self, check, timeout: float, what: str):
+        """Wait until ``check()`` (reading ``lines``) returns something true; woken by each new log line."""
+        with self._logged:
+            if not (found := self._logged.wait_for(check, timeout)):
+                raise TimeoutError(f"no {what} within {timeout} s")
+            return found
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         """SIGTERM saves the persistent state first; SIGKILL is a crash (only what autosave wrote survives)."""
@@ -136,16 +172,6 @@ top_p = 0.8
 top_k = 20
 max_tokens = 8
 """
-
-
-def wait_until(check, timeout: float = RUN_TIMEOUT, what: str = "condition"):
-    """Poll ``check`` (a log file or the broker's log filling up) until it returns something true."""
-    deadline = time.monotonic() + timeout
-    while not (found := check()):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no {what} within {timeout} s")
-        time.sleep(0.05)
-    return found
 
 
 def secure_broker_conf(

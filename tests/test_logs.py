@@ -133,7 +133,7 @@ def test_edged_run_under_journald_never_logs_its_password(broker, tiny_model_dir
     st = os.stat(log_path)
     env = {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}", "NOTIFY_SOCKET": notify_socket.path}
     c = client_for(f"edged/{node_id}", timeout=RUN_TIMEOUT)
-    edged = Edged(tmp_path / "edged.toml", log_path, env=env)
+    edged = Edged(tmp_path / "edged.toml", log_path, env=env, direct=True)  # its stdout is the journal stream
     try:
         notify_socket.wait_for("READY", "1", timeout=RUN_TIMEOUT)
         assert c.request("command", {"text": "lights on"})["status"] == "ok"

@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 import pytest
 from pki import Authority
-from proc import RUN_TIMEOUT, Edged, Mosquitto, free_port, password_file, secure_broker_conf, wait_until, write_config
+from proc import RUN_TIMEOUT, Edged, Mosquitto, free_port, password_file, secure_broker_conf, write_config
 from pydantic import ValidationError
 
 from edged.client import EdgedClient
@@ -180,7 +180,7 @@ def test_refused_credentials_stop_with_one_event_and_exit_3(case, pki, secure_br
     assert "online" not in [e["event"] for e in events]
     # The broker's side: one connection (Mosquitto logs one or two lines for it), not a stream of them.
     connections = lambda: [line for line in secure_broker.lines[seen:] if "connection from 127.0.0.1" in line]  # noqa: E731
-    wait_until(connections, 10, "the broker's log line for the attempt")
+    secure_broker.wait_logged(connections, 10, "the broker's log line for the attempt")
     assert len(connections()) <= 2, connections()
 
 
@@ -194,7 +194,7 @@ def test_unreachable_broker_is_retried_with_backoff_then_served(pki, tiny_model_
             found = [e for e in edged.events() if e["event"] == "mqtt_connect_failed"]
             return found if len(found) >= 3 else []
 
-        failed = wait_until(failures, what="three failed attempts")
+        failed = edged.wait_event(failures, what="three failed attempts")
         assert [(e["attempt"], e["retry_in_s"]) for e in failed[:3]] == [(1, 1), (2, 2), (3, 2)]
         assert all("ConnectionRefusedError" in e["error"] and e["level"] == "warning" for e in failed)
         broker.start()
