@@ -155,6 +155,7 @@ class Service:
             timing.total = timing.queue
             return error_result(req.id, ErrorCode.DEADLINE_EXCEEDED, "deadline passed before the request started",
                                 status="timeout", **base)  # fmt: skip
+        self._report(job, 0)  # "started": before the prompt is built (telemetry summaries take a moment)
         session = self._sessions.get(req.session) if req.session else None
         chosen = route(job.kind, req.text, think=req.think, remembered=session.switch if session else None)
         mode, notes = chosen.mode, []
@@ -163,7 +164,6 @@ class Service:
             notes.append(f"thinking was asked for but {self._engine.name} has no thinking mode; answered without it")
         plan = self._plan(job, chosen.text, session.turns if session else ())
         stop = StopCheck(job, self._clock, progress, self._cancelled, self._report)
-        self._report(job, 0)
         try:
             gen = self._engine.generate(plan.messages, mode, self._sampling[mode], should_stop=stop, schema=plan.schema,
                                         priority=job.priority, keep=bool(req.session))  # fmt: skip

@@ -6,8 +6,8 @@ import math
 import re
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
-from difflib import get_close_matches
 from dataclasses import dataclass
+from difflib import get_close_matches
 from typing import Any
 
 from edged.telemetry import Series

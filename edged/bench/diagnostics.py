@@ -23,6 +23,7 @@ import structlog
 from edged import simulator
 from edged.bench.daemon import BenchDaemon
 from edged.bench.run import choose_model
+from edged.stats import percentile
 
 log = structlog.get_logger("edged.bench")
 CONFIG = Path(__file__).resolve().parent.parent.parent / "config"
@@ -108,20 +109,13 @@ def ask(client: Any, base: str, body: dict[str, Any], timeout: float) -> dict[st
     sent = time.monotonic()
     client.publish(f"{base}/query", json.dumps({"id": rid, **body}))
     result = client.wait_for(lambda m: m.topic == f"{base}/result/{rid}", timeout, after=mark)
-    progress = [m for m in client.messages(f"{base}/progress/{rid}")]
+    progress = client.messages(f"{base}/progress/{rid}")
     return {
         "result": result.json(),
         "caller_ms": round((result.received_at - sent) * 1000, 1),
         "first_progress_ms": round((progress[0].received_at - sent) * 1000, 1) if progress else None,
         "progress_messages": len(progress),
     }
-
-
-def _percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def summarise_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -140,8 +134,8 @@ def summarise_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "completion_tokens_p50": statistics.median(r["usage"]["completion_tokens"] for r in results) if results else None,
         "first_progress_ms_p50": statistics.median(first) if first else None,
         "first_progress_ms_max": max(first) if first else None,
-        "latency_ms_p50": _percentile([r["caller_ms"] for r in runs], 0.5),
-        "latency_ms_p95": _percentile([r["caller_ms"] for r in runs], 0.95),
+        "latency_ms_p50": percentile([r["caller_ms"] for r in runs], 50),
+        "latency_ms_p95": percentile([r["caller_ms"] for r in runs], 95),
     }
 
 
