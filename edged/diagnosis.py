@@ -141,6 +141,17 @@ def _names(registry: Registry) -> dict[str, list[str]]:
     return {d.id: [d.name, *d.aliases, *areas.get(d.area, [])] for d in registry.devices}
 
 
+SEVERITIES = ("ok", "info", "warning", "critical")
+
+
+def severity_floor(chosen: Sequence[Summary]) -> str:
+    """The least severity edged's own numbers allow: a reading outside its declared normal range is at
+    least a warning; a stale or unusual sensor at least info."""
+    if any(c.out_of_range for c in chosen):
+        return "warning"
+    return "info" if any(c.abnormal for c in chosen) else "ok"
+
+
 @dataclass(frozen=True)
 class Prepared:
     """One diagnostic query, ready to run."""
@@ -149,6 +160,22 @@ class Prepared:
     messages: list[dict[str, str]]
     sensors: list[str]  # shown to the model
     abnormal: list[str]  # of those, flagged by edged's own numbers (out of range, stale, unusual)
+    floor: str = "ok"  # severity_floor() of the shown sensors
+
+    def outcome(self, answer: str) -> tuple[dict[str, Any] | None, str | None]:
+        """The query's result (the validated diagnosis, its severity raised to the floor if the model
+        rated lower, and what edged saw), or why the answer is not a diagnosis."""
+        try:
+            diagnosis = self.model.model_validate_json(answer).model_dump()
+        except ValidationError as exc:
+            return None, f"the answer is not a valid diagnosis: {exc.error_count()} error(s)"
+        result: dict[str, Any] = {"diagnosis": diagnosis, "sensors": self.sensors, "abnormal": self.abnormal,
+                                  "severity_floor": self.floor}  # fmt: skip
+        said = diagnosis["severity"]
+        if SEVERITIES.index(said) < SEVERITIES.index(self.floor):
+            diagnosis["severity"] = self.floor
+            result["notes"] = [f"severity raised from {said} to {self.floor}: edged flagged {', '.join(self.abnormal)}"]
+        return result, None
 
 
 class Diagnostics:
@@ -178,12 +205,5 @@ class Diagnostics:
         devices = [d for d in registry.devices if d.id in owners] if registry is not None else []
         messages = diagnosis_messages(text, telemetry=block, context=context, history=history, actions=actions_block(devices))
         cite = {c.key: citable(c) for c in chosen}
-        return Prepared(diagnosis_model(cite, devices), messages, keys, [c.key for c in chosen if c.abnormal])
-
-    @staticmethod
-    def outcome(model: type[BaseModel], answer: str) -> tuple[dict[str, Any] | None, str | None]:
-        """The validated diagnosis, or the reason it is not one."""
-        try:
-            return model.model_validate_json(answer).model_dump(), None
-        except ValidationError as exc:
-            return None, f"the answer is not a valid diagnosis: {exc.error_count()} error(s)"
+        abnormal = [c.key for c in chosen if c.abnormal]
+        return Prepared(diagnosis_model(cite, devices), messages, keys, abnormal, severity_floor(chosen))

@@ -188,6 +188,7 @@ class Service:
             self._remember(req.session, chosen, gen)
         result = outcome.result
         if result is not None:
+            notes = [*result.get("notes", ()), *notes]
             result = {**result, "finish_reason": gen.finish_reason, **({"notes": notes} if notes else {})}
             if mode == "think" and gen.reasoning is not None:
                 result["thinking"] = {"tokens": gen.reasoning_tokens, "closed_by": gen.thinking_closed_by}
@@ -209,10 +210,10 @@ class Service:
             query = self._diagnostics.prepare(text, context=req.context, history=history)
 
             def finish_query(gen: Any) -> Outcome:
-                diagnosis, problem = Diagnostics.outcome(query.model, gen.answer)
-                if diagnosis is None:
+                result, problem = query.outcome(gen.answer)
+                if result is None:
                     return Outcome("error", {"text": gen.answer}, ErrorInfo(code=ErrorCode.INVALID_ANSWER, message=problem or ""), False)
-                return Outcome("ok", {"diagnosis": diagnosis, "sensors": query.sensors, "abnormal": query.abnormal})
+                return Outcome("ok", result)
 
             return Plan(query.messages, query.model.model_json_schema(), finish_query)
         messages = build_messages(job.kind, text, context=req.context, history=history)

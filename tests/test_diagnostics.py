@@ -102,6 +102,27 @@ def test_relevance_by_registry_names_areas_plurals_and_typos():
     assert [s.key for s in relevant(sums, series, "and pump 4?", None, limit=5)] == ["pump_4/vibration"]  # no registry: ids
 
 
+def test_severity_is_never_below_what_edged_flagged():
+    """Out of range is at least a warning whatever the model says; the raise is noted; a higher rating stays."""
+    now = [0.0]
+    store = _store(lambda: now[0])
+    store.ingest("plant/pump_3/vibration", b'{"value": 9.0}')
+    store.ingest("plant/pump_1/vibration", b'{"value": 2.0}')
+    query = Diagnostics(store, budget_tokens=600, max_sensors=5, clock=lambda: now[0]).prepare("pump 3?", context=None, history=())
+    assert query.floor == "warning"
+    answer = {"summary": "fine", "severity": "ok", "findings": [], "likely_causes": [], "recommended_actions": [], "data_gaps": []}
+    result, problem = query.outcome(json.dumps(answer))
+    assert problem is None and result["diagnosis"]["severity"] == "warning" and result["severity_floor"] == "warning"
+    assert result["notes"] == ["severity raised from ok to warning: edged flagged pump_3/vibration"]
+    result, _ = query.outcome(json.dumps({**answer, "severity": "critical"}))
+    assert result["diagnosis"]["severity"] == "critical" and "notes" not in result
+    assert query.outcome('{"summary": "no"}') == (None, "the answer is not a valid diagnosis: 5 error(s)")
+    diag = Diagnostics(store, budget_tokens=600, max_sensors=5, clock=lambda: now[0])
+    assert diag.prepare("pump 1?", context=None, history=()).floor == "ok"
+    now[0] += 1000  # no reading for 1000 s: stale, a data gap, though within range
+    assert diag.prepare("pump 1?", context=None, history=()).floor == "info"
+
+
 def test_diagnosis_schema_only_cites_shown_sensors():
     model = diagnosis_model({"pump_3/vibration": [7.9, 4.5], "pump_1/vibration": []})
     good = {"summary": "s", "severity": "warning", "findings": [{"sensor": "pump_3/vibration", "value": 7.9, "note": "high"}],
@@ -184,7 +205,8 @@ def test_query_thinks_then_answers_a_schema_valid_diagnosis(line):
     assert r["usage"]["reasoning_tokens"] == THINK["thinking_budget"] and "reasoning" in r
     assert r["result"]["thinking"] == {"tokens": THINK["thinking_budget"], "closed_by": "budget"}
     diagnosis = r["result"]["diagnosis"]
-    assert diagnosis["severity"] in ("ok", "info", "warning", "critical")
+    assert r["result"]["severity_floor"] == "warning"  # pump 3's vibration is out of its normal range
+    assert diagnosis["severity"] in ("warning", "critical")
     assert "pump_3/vibration" in r["result"]["sensors"]
     assert "pump_3/vibration" in r["result"]["abnormal"] and set(r["result"]["abnormal"]) <= set(r["result"]["sensors"])
     assert all(f["sensor"] in r["result"]["sensors"] for f in diagnosis["findings"])
@@ -229,6 +251,7 @@ def test_smollm2_grounds_a_diagnosis_in_the_anomalous_readings(start_daemon, smo
     r = c.request("query", {"text": "why is pump 3 vibrating?"})
     assert r["status"] == "ok" and r["mode"] == "no_think", r
     last = {s.key: s.samples[-1][1] for s in d.telemetry.series()}
+    assert r["result"]["severity_floor"] == "warning" and r["result"]["diagnosis"]["severity"] in ("warning", "critical")
     cited = {(f["sensor"], f["value"]) for f in r["result"]["diagnosis"]["findings"]}
     assert any(sensor.startswith("pump_3/") and abs(value - last[sensor]) < 0.01 for sensor, value in cited), cited
 
