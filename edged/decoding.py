@@ -18,6 +18,7 @@ import mlx.core as mx
 from edged.grammar import JsonConstraint
 
 Sampler = Callable[[mx.array], mx.array]
+WRAP_UP_TOKENS = 64  # this close to max_tokens (or within its last half), a constrained answer heads for its end
 Processor = Callable[[mx.array, mx.array], mx.array]
 
 
@@ -74,7 +75,8 @@ class Sequence:
             for processor in self.processors:
                 logits = processor(context, logits)
         if self.constraint is not None:
-            logits = self.constraint.apply(logits)
+            left = self.max_tokens - len(self.generated)
+            logits = self.constraint.apply(logits, wrap_up=left <= min(WRAP_UP_TOKENS, self.max_tokens // 2))
         logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
         return self.sampler(logprobs)
 

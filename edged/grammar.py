@@ -20,6 +20,8 @@ from llguidance.numpy import allocate_token_bitmask, fill_next_token_bitmask
 
 log = structlog.get_logger("edged.grammar")
 JSON_OPTIONS = {"whitespace_flexible": False}  # flexible whitespace lets sampling run away on spaces
+CLOSERS = frozenset(b"]}")  # a token made only of these ends lists and objects; '"' + these ends a string
+WRAP_UP_BONUS = 1e4  # near the token limit, an allowed closer wins over anything the model prefers
 
 
 class GrammarError(RuntimeError):
@@ -38,6 +40,13 @@ class Grammars:
         started = time.perf_counter()
         self._tokenizer = llguidance.hf.from_tokenizer(hf_tokenizer, n_vocab=vocab_size)
         self.vocab_size = vocab_size
+        n = min(vocab_size, self._tokenizer.vocab_size)
+        texts = [self._tokenizer.decode_bytes([token]) for token in range(n)]
+        self._closers = Closers(
+            texts,
+            string=_flags(vocab_size, (t[:1] == b'"' and set(t[1:]) <= CLOSERS for t in texts)),
+            structure=_flags(vocab_size, (bool(t) and set(t) <= CLOSERS for t in texts)),
+        )
         log.info("grammar_tokenizer_built", vocab=vocab_size, seconds=round(time.perf_counter() - started, 2))
 
     def constraint(self, schema: dict[str, Any], *, start_after: int | None = None, jump: bool = True) -> JsonConstraint:
@@ -45,7 +54,21 @@ class Grammars:
         matcher = llguidance.LLMatcher(self._tokenizer, grammar)
         if matcher.is_error():
             raise GrammarError(matcher.get_error())
-        return JsonConstraint(matcher, self.vocab_size, start_after=start_after, jump=jump)
+        return JsonConstraint(matcher, self.vocab_size, start_after=start_after, jump=jump, closers=self._closers)
+
+
+def _flags(size: int, values: Any) -> np.ndarray:
+    out = np.zeros(size, dtype=bool)
+    flags = np.fromiter(values, dtype=bool)
+    out[: flags.size] = flags
+    return out
+
+
+class Closers:
+    """Per token: its bytes, and whether it ends a string (``"``, ``"}``...) or lists and objects (``]``, ``}``)."""
+
+    def __init__(self, texts: list[bytes], *, string: np.ndarray, structure: np.ndarray):
+        self.texts, self.string, self.structure = texts, string, structure
 
 
 class JsonConstraint:
@@ -57,8 +80,11 @@ class JsonConstraint:
     so the caller appends them without sampling and feeds them to the model as one chunk.
     """
 
-    def __init__(self, matcher: Any, vocab_size: int, *, start_after: int | None, jump: bool = True):
+    def __init__(self, matcher: Any, vocab_size: int, *, start_after: int | None, jump: bool = True,
+                 closers: Closers | None = None):  # fmt: skip
         self.matcher = matcher
+        self._closers = closers
+        self._in_string = self._escaped = False  # where the JSON written so far stands
         self._vocab = vocab_size
         self._start_after = start_after
         self._jump = jump
@@ -75,22 +101,43 @@ class JsonConstraint:
         tokens = list(self.matcher.compute_ff_tokens())
         if tokens and not self.matcher.consume_tokens(tokens):
             raise GrammarError(self.matcher.get_error() or "forced tokens were refused")
+        self._track(tokens)
         self.mask_seconds += time.perf_counter() - started
         return tokens
+
+    def _track(self, tokens: list[int]) -> None:
+        """Follow string boundaries through the consumed tokens' bytes."""
+        if self._closers is None:
+            return
+        texts = self._closers.texts
+        for token in tokens:
+            for byte in texts[token] if token < len(texts) else b"":
+                if self._escaped:
+                    self._escaped = False
+                elif self._in_string and byte == 0x5C:  # backslash
+                    self._escaped = True
+                elif byte == 0x22:  # quote
+                    self._in_string = not self._in_string
 
     def observe(self, token: int) -> list[int]:
         """A sampled token; returns the forced tokens that follow it (already consumed)."""
         if self._active:
             if not self.matcher.consume_token(token):
                 raise GrammarError(self.matcher.get_error() or f"token {token} was refused")
+            self._track([token])
         elif token == self._start_after:
             self._active = True
         else:
             return []
         return self.forced()
 
-    def apply(self, logits: mx.array) -> mx.array:
-        """Only the tokens the grammar allows next keep their logits."""
+    def apply(self, logits: mx.array, *, wrap_up: bool = False) -> mx.array:
+        """Only the tokens the grammar allows next keep their logits.
+
+        ``wrap_up`` (the token limit is near): an allowed token that ends the current string (inside
+        one) or list or object (outside) wins, so the answer takes its shortest way to a valid end
+        instead of being cut off.
+        """
         if not self._active:
             return logits
         started = time.perf_counter()
@@ -98,6 +145,11 @@ class JsonConstraint:
         allowed = np.unpackbits(self._mask.view(np.uint8), bitorder="little")[: logits.shape[-1]].astype(bool)
         self.mask_seconds += time.perf_counter() - started
         self.steps += 1
+        if wrap_up and self._closers is not None:
+            ends = self._closers.string if self._in_string else self._closers.structure
+            closing = allowed & ends[: allowed.size]
+            if closing.any():
+                logits = logits + mx.array(closing.astype(np.float32) * WRAP_UP_BONUS)
         return mx.where(mx.array(allowed), logits, -mx.inf)
 
     @property

@@ -94,3 +94,17 @@ def test_prefix_cache_reuses_the_system_prompt_and_changes_nothing(engine, tiny_
     uncached = MlxEngine(ModelSettings(path=str(tiny_model_dir), prefix_cache_mb=0, **TEST_MODEL)).generate(messages, "no_think", greedy)
     assert second.cached_tokens > 32 and second.cached_tokens < second.prompt_tokens
     assert first.answer == second.answer == uncached.answer and uncached.cached_tokens == 0
+
+
+def test_a_constrained_answer_near_its_token_limit_heads_for_a_valid_end(engine):
+    """The random model never finishes a diagnosis in 120 tokens on its own (cut off mid-string: invalid).
+    In the last tokens the grammar's closing tokens win, so every answer ends valid, by the grammar."""
+    from edged.diagnosis import diagnosis_model
+
+    model = diagnosis_model({"pump_3/vibration": [8.06, 4.5]})
+    sampling = SETTINGS.no_think.model_copy(update={"max_tokens": 120})
+    messages = build_messages("query", "why is pump 3 vibrating?")
+    for _ in range(4):
+        gen = engine.generate(messages, "no_think", sampling, schema=model.model_json_schema())
+        assert gen.finish_reason == "stop" and gen.completion_tokens <= 120
+        model.model_validate_json(gen.answer)
