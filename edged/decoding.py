@@ -18,8 +18,8 @@ import mlx.core as mx
 from edged.grammar import JsonConstraint
 
 Sampler = Callable[[mx.array], mx.array]
-WRAP_UP_TOKENS = 64  # this close to max_tokens (or within its last half), a constrained answer heads for its end
 Processor = Callable[[mx.array, mx.array], mx.array]
+WRAP_UP_TOKENS = 64  # this close to max_tokens (or within its last half), a constrained answer heads for its end
 
 
 @dataclass

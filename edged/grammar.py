@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -64,11 +65,13 @@ def _flags(size: int, values: Any) -> np.ndarray:
     return out
 
 
+@dataclass(frozen=True)
 class Closers:
     """Per token: its bytes, and whether it ends a string (``"``, ``"}``...) or lists and objects (``]``, ``}``)."""
 
-    def __init__(self, texts: list[bytes], *, string: np.ndarray, structure: np.ndarray):
-        self.texts, self.string, self.structure = texts, string, structure
+    texts: list[bytes]
+    string: np.ndarray
+    structure: np.ndarray
 
 
 class JsonConstraint:
