@@ -95,16 +95,28 @@ def apply_levels(level: str, levels: Mapping[str, str] | None = None) -> None:
         _per_logger.add(name)
 
 
-class _StdoutHandler(logging.StreamHandler):
-    """Writes to ``sys.stdout`` as it is at each record, not as it was at set-up (it may be replaced)."""
+class _SysStreamHandler(logging.StreamHandler):
+    """Writes to ``sys.stdout`` or ``sys.stderr`` as it is at each record, not as it was at set-up
+    (it may be replaced, and the old one closed)."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self._sys_attr = name
 
     @property  # type: ignore[override]
     def stream(self) -> Any:
-        return sys.stdout
+        return getattr(sys, self._sys_attr)
 
     @stream.setter
     def stream(self, _value: Any) -> None:
         pass
+
+
+def _handler(stream: Any) -> logging.StreamHandler:
+    for name in ("stdout", "stderr"):
+        if (stream is None and name == "stdout") or stream is getattr(sys, name):
+            return _SysStreamHandler(name)
+    return logging.StreamHandler(stream)
 
 
 def setup_logging(
@@ -115,7 +127,7 @@ def setup_logging(
     stream: Any = None,
     environ: Mapping[str, str] | None = None,
 ) -> None:
-    handler = logging.StreamHandler(stream) if stream is not None else _StdoutHandler()
+    handler = _handler(stream)
     renderer = _renderer(fmt, handler.stream, environ)
     console = isinstance(renderer, structlog.dev.ConsoleRenderer)
     final = [renderer] if console else [structlog.processors.format_exc_info, renderer]
