@@ -136,6 +136,11 @@ class Daemon:
         report = ProgressReporter(self._publish, self.base, s.diagnostics.progress_interval_s)
         self.service = Service(self.engine, sessions, s.model, devices=self.devices, diagnostics=diagnostics,
                                cancelled=self.cancellations, report=report)  # fmt: skip
+        if s.model.warm_up:
+            self.notifier.status("warming up the prompt cache")
+            started = time.monotonic()
+            took = self.service.warm_up()
+            log.info("warmed_up", seconds=round(time.monotonic() - started, 2), **{f"{k}_s": v for k, v in took.items()})
         self.worker.start(self.service)
         self._stats_ticks.start()
         self._go_online()

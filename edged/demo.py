@@ -27,6 +27,9 @@ DEMO_REQUESTS = [
                                      "flow_m3_h": 11.2, "flow_normal_m3_h": 15}}}),
 ]  # fmt: skip
 
+HOME_REGISTRY = Path(__file__).resolve().parent.parent / "config" / "registry-home.toml"  # in a source checkout
+READY_TIMEOUT_S = 120  # model load and prompt warm-up on a slow CPU
+
 # Output budgets that keep the demo quick on a CPU; everything else is the product default.
 DEMO_MODELS = {
     "smollm2": {"name": "SmolLM2-135M-Instruct", "no_think": {"max_tokens": 400}},
@@ -52,16 +55,18 @@ def run_demo(config: Path | None, which: str = "smollm2") -> int:
     from edged.engine import MlxEngine
 
     model = {"path": str(_model_dir(which)), "seed": 0, **DEMO_MODELS[which]}
+    if settings.devices.registry is None and HOME_REGISTRY.is_file():  # commands become device actions, not dispatched
+        overrides["devices"] = {"registry": str(HOME_REGISTRY), "dispatch": False}
     # The random-weight model's short budget cannot finish a structured diagnosis: free text there.
     settings = load_settings(config, **overrides, model=model, diagnostics={"structured": which != "tiny"})
     daemon = Daemon(settings, lambda s: MlxEngine(s.model))
     started = time.monotonic()
     daemon.start()
-    if not daemon.ready.wait(30):
+    if not daemon.ready.wait(READY_TIMEOUT_S):
         print(f"edged did not come online: is an MQTT broker running on {settings.mqtt.host}:{settings.mqtt.port}?")
         daemon.stop()
         return 1
-    print(f"edged online on {daemon.base} after {time.monotonic() - started:.1f} s (model load included)\n")
+    print(f"edged online on {daemon.base} after {time.monotonic() - started:.1f} s (model load and prompt warm-up included)\n")
     try:
         with EdgedClient(daemon.base, host=settings.mqtt.host, port=settings.mqtt.port, timeout=300) as client:
             for kind, body in DEMO_REQUESTS:

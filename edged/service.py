@@ -143,6 +143,24 @@ class Service:
         """Sampling for requests that start from now on (a reload); the one in progress keeps its own."""
         self._sampling: dict[Mode, SamplingSettings] = {"think": model.think, "no_think": model.no_think}
 
+    def warm_up(self) -> dict[str, float]:
+        """Prefill each kind's static prompt (system text, registry) into the prefix cache and build the
+        answer grammar, so the first request after start-up does not pay for them. Seconds per kind."""
+        took = {}
+        for kind in ("command", "query"):
+            request = Request(id=f"warm-up-{kind}", text="status", dispatch=False)
+            job = Job(kind=kind, request=request, received_at=self._clock(), deadline=None, reply_topic="-",
+                      include_reasoning=False)  # fmt: skip
+            mode = route(kind, request.text, think=None, remembered=None).mode
+            if mode == "think" and not self._engine.supports_thinking:
+                mode = "no_think"
+            plan = self._plan(job, request.text, ())  # never finished: nothing is dispatched
+            one_token = self._sampling[mode].model_copy(update={"max_tokens": 1, "thinking_budget": None})
+            started = time.perf_counter()
+            self._engine.generate(plan.messages, mode, one_token, should_stop=lambda: False, schema=plan.schema, priority="low")
+            took[kind] = round(time.perf_counter() - started, 2)
+        return took
+
     def handle(self, job: Job, *, progress: Callable[[], None] = lambda: None) -> Result:
         """Serve ``job``; ``progress`` is called once per generated token (the worker's heartbeat)."""
         req = job.request

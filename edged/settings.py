@@ -207,6 +207,7 @@ class ModelSettings(_Section):
     yarn_original_context: int | None = Field(None, ge=1, description="default: the model's max_position_embeddings")
     max_context: int | None = Field(None, ge=16, description="cap the context below the model's (memory)")
     prefix_cache_mb: int = Field(512, ge=0, description="KV cache of reused prompt prefixes and session history (LRU); 0 = off")
+    warm_up: bool = Field(True, description="before going online, prefill each kind's static prompt and build the grammar")
     scheduler: SchedulerSettings = SchedulerSettings()
     think: ThinkSampling = ThinkSampling()
     no_think: NoThinkSampling = NoThinkSampling()

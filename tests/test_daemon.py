@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -249,3 +250,15 @@ def test_request_published_while_stopped_is_answered_after_start(start_daemon, c
     c.publish(f"{first.base}/command", json.dumps({"id": "while-down", "text": "lights off"}))
     start_daemon(settings)
     assert _result(c, first.base, "while-down")["status"] == "ok"
+
+
+def test_warm_up_fills_the_prompt_cache_before_going_online(start_daemon, client_for):
+    """With model.warm_up the registry prompt is prefilled before online: the first command reuses it."""
+    registry = Path(__file__).resolve().parent.parent / "config" / "registry-home.toml"
+    cached = {}
+    for warm in (False, True):  # each its own engine: an empty prefix cache
+        d = start_daemon(own_engine=True, model={"warm_up": warm}, devices={"registry": str(registry), "dispatch": False})
+        first = client_for(d.base, timeout=120).request("command", {"text": "turn on the kitchen lights"})
+        cached[warm] = (first["usage"]["cached_tokens"], first["usage"]["prompt_tokens"])
+    assert cached[False][0] == 0
+    assert cached[True][0] > 0.9 * cached[True][1]  # all but the request's own words

@@ -38,7 +38,8 @@ def hung_daemon(broker, tiny_model_dir, notify_socket):
     from edged.app import Daemon
 
     engine = HungEngine()
-    settings = make_settings(tiny_model_dir, health={"stuck_after_s": 0.3, "check_interval_s": 0.05})
+    settings = make_settings(tiny_model_dir, health={"stuck_after_s": 0.3, "check_interval_s": 0.05},
+                             model={"warm_up": False})  # a warm-up would hang in this engine before online
     daemon = Daemon(settings, lambda _s: engine, notifier=Notifier(notify_socket.path))
     daemon.start()
     yield daemon, engine
