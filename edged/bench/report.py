@@ -86,7 +86,7 @@ def edged_figures(phases: dict[str, Any], stats: dict[str, Any], peak_rss_mb: fl
     everything = [phases["warmup"], *idle, *phases["during_query"]] + [s for samples, _ in phases["throughput"].values() for s in samples]
     queries = phases["queries"]
     return {
-        "first_command_ms": _r(phases["warmup"].caller_ms),  # builds the grammar and the prefix cache
+        "first_command_ms": _r(phases["warmup"].caller_ms),  # the first after start-up (model.warm_up prepared it)
         "idle": {**latency([s.caller_ms for s in idle]), "edged_total_p50_ms": _r(percentile([s.timing.get("total", 0) for s in idle], 50))},
         "during_query": {**latency([s.caller_ms for s in during]), "sent": len(phases["during_query"]), "queries": len(queries),
                          "query_ms_p50": _r(percentile([q.caller_ms for q in queries], 50)),

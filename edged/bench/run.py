@@ -87,7 +87,8 @@ def drive(args: argparse.Namespace, model: ModelChoice, workdir: Path) -> dict[s
             load_s = daemon.wait_online(client)
             client.subscribe(f"{daemon.base}/stats")
             driver = Driver(client, daemon.base)
-            # The first command builds the grammar and the prefix cache: reported apart, not as idle latency.
+            # The first command after start-up is reported apart, not as idle latency (without model.warm_up
+            # it builds the grammar and the prefix cache).
             phases: dict[str, Any] = {"warmup": driver.command(workload.take(1, len(workload.commands) - 1)[0])}
             phases["idle"] = driver.idle(workload.take(args.requests))
             phases["during_query"], phases["queries"] = driver.during_query(

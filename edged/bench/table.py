@@ -27,7 +27,7 @@ def render(doc: dict[str, Any]) -> str:
         cells = [_fmt(ev, spec), _fmt(bv, spec), _ratio(ev, bv), _fmt(lv, spec), _ratio(ev, lv)]
         lines.append(f"{label:44}" + "".join(f"{c:>13}" for c in cells))
 
-    row("first command ms (builds grammar + prefix cache)", e["first_command_ms"])
+    row("first command ms (after start-up)", e["first_command_ms"])
     for p in ("p50", "p95", "p99"):
         row(f"command latency idle {p} ms", e["idle"][f"{p}_ms"], b.get(f"{p}_ms"), l.get(f"{p}_ms"))
     dq = e["during_query"]
