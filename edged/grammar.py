@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
@@ -41,10 +42,9 @@ class Grammars:
         started = time.perf_counter()
         self._tokenizer = llguidance.hf.from_tokenizer(hf_tokenizer, n_vocab=vocab_size)
         self.vocab_size = vocab_size
-        n = min(vocab_size, self._tokenizer.vocab_size)
-        texts = [self._tokenizer.decode_bytes([token]) for token in range(n)]
+        texts = [self._tokenizer.decode_bytes([token]) for token in range(min(vocab_size, self._tokenizer.vocab_size))]
         self._closers = Closers(
-            texts,
+            self._tokenizer.decode_bytes,
             string=_flags(vocab_size, (t[:1] == b'"' and set(t[1:]) <= CLOSERS for t in texts)),
             structure=_flags(vocab_size, (bool(t) and set(t) <= CLOSERS for t in texts)),
         )
@@ -67,9 +67,9 @@ def _flags(size: int, values: Any) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Closers:
-    """Per token: its bytes, and whether it ends a string (``"``, ``"}``...) or lists and objects (``]``, ``}``)."""
+    """Which tokens end a string (``"``, ``"}``...) or lists and objects (``]``, ``}``); ``decode`` gives token bytes."""
 
-    texts: list[bytes]
+    decode: Callable[[list[int]], bytes]
     string: np.ndarray
     structure: np.ndarray
 
@@ -112,15 +112,13 @@ class JsonConstraint:
         """Follow string boundaries through the consumed tokens' bytes."""
         if self._closers is None:
             return
-        texts = self._closers.texts
-        for token in tokens:
-            for byte in texts[token] if token < len(texts) else b"":
-                if self._escaped:
-                    self._escaped = False
-                elif self._in_string and byte == 0x5C:  # backslash
-                    self._escaped = True
-                elif byte == 0x22:  # quote
-                    self._in_string = not self._in_string
+        for byte in self._closers.decode(tokens):
+            if self._escaped:
+                self._escaped = False
+            elif self._in_string and byte == 0x5C:  # backslash
+                self._escaped = True
+            elif byte == 0x22:  # quote
+                self._in_string = not self._in_string
 
     def observe(self, token: int) -> list[int]:
         """A sampled token; returns the forced tokens that follow it (already consumed)."""
