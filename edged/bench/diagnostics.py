@@ -118,9 +118,14 @@ def ask(client: Any, base: str, body: dict[str, Any], timeout: float) -> dict[st
     }
 
 
+def closed_by(result: dict[str, Any]) -> str | None:
+    """Who closed the query's thinking block: model, budget, or None (no thinking, or never closed)."""
+    return (result.get("result") or {}).get("thinking", {}).get("closed_by")
+
+
 def summarise_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     results = [r["result"] for r in runs]
-    closed = [(r.get("result") or {}).get("thinking", {}).get("closed_by") for r in results]
+    closed = [closed_by(r) for r in results]
     thought = [r for r in results if r.get("mode") == "think"]
     first = [r["first_progress_ms"] for r in runs if r["first_progress_ms"] is not None]
     return {
@@ -161,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
             for i in range(args.queries):
                 runs.append(ask(client, daemon.base, {"text": QUESTION, "include_reasoning": True}, timeout))
                 log.info("bench_query", n=i + 1, of=args.queries, ms=runs[-1]["caller_ms"], status=runs[-1]["result"].get("status"),
-                         closed_by=(runs[-1]["result"].get("result") or {}).get("thinking", {}).get("closed_by"))  # fmt: skip
+                         closed_by=closed_by(runs[-1]["result"]))  # fmt: skip
             ten = [f"pump_{p}/{s}" for p in (1, 2) for s in simulator.NORMAL]
             wide = ask(client, daemon.base, {"text": "compare pumps 1 and 2", "context": {"sensors": ten}}, timeout)
     finally:
