@@ -64,7 +64,7 @@ class Sequence:
         self.fed = self.prompt[:cached]
         self.pending = self.prompt[cached:]
         if self.constraint is not None:
-            opening = self.constraint.forced()[: self.max_tokens]  # e.g. '{"': prefilled with the prompt
+            opening = self.constraint.forced(self.max_tokens)  # e.g. '{"': prefilled with the prompt
             self._append(opening, forced=True)
             self.pending += opening
 
@@ -92,15 +92,16 @@ class Sequence:
             return
         self._append([token], forced=False)
         self.pending = [token]
-        if self.constraint is not None and len(self.generated) < self.max_tokens:
-            forced = self.constraint.observe(token)[: self.max_tokens - len(self.generated)]
+        if self.constraint is not None:
+            forced = self.constraint.observe(token, self.max_tokens - len(self.generated))
             self._append(forced, forced=True)
             self.pending += forced
             if self.constraint.stopped:
                 self.finish = "stop"
                 return
         if len(self.generated) >= self.max_tokens:
-            self.finish = "length"
+            # an answer the grammar accepts as whole ended in time, even if on its last token
+            self.finish = "stop" if self.constraint is not None and self.constraint.complete else "length"
         elif self.should_stop():
             self.finish = "stopped"
 

@@ -22,7 +22,7 @@ from llguidance.numpy import allocate_token_bitmask, fill_next_token_bitmask
 
 log = structlog.get_logger("edged.grammar")
 JSON_OPTIONS = {"whitespace_flexible": False}  # flexible whitespace lets sampling run away on spaces
-CLOSERS = frozenset(b"]}")  # a token made only of these ends lists and objects; '"' + these ends a string
+CLOSERS = frozenset(b"]}")  # a token of these (and []) ends lists and objects; '"' + these ends a string
 WRAP_UP_BONUS = 1e4  # near the token limit, an allowed closer wins over anything the model prefers
 
 
@@ -46,7 +46,7 @@ class Grammars:
         self._closers = Closers(
             self._tokenizer.decode_bytes,
             string=_flags(vocab_size, (t[:1] == b'"' and set(t[1:]) <= CLOSERS for t in texts)),
-            structure=_flags(vocab_size, (bool(t) and set(t) <= CLOSERS for t in texts)),
+            structure=_flags(vocab_size, (bool(t) and set(_without_empties(t)) <= CLOSERS for t in texts)),
         )
         log.info("grammar_tokenizer_built", vocab=vocab_size, seconds=round(time.perf_counter() - started, 2))
 
@@ -56,6 +56,11 @@ class Grammars:
         if matcher.is_error():
             raise GrammarError(matcher.get_error())
         return JsonConstraint(matcher, self.vocab_size, start_after=start_after, jump=jump, closers=self._closers)
+
+
+def _without_empties(text: bytes) -> bytes:
+    """An empty list (``[]``) is as short an ending as a closer."""
+    return text.replace(b"[]", b"")
 
 
 def _flags(size: int, values: Any) -> np.ndarray:
@@ -96,12 +101,12 @@ class JsonConstraint:
         self.mask_seconds = 0.0
         self.steps = 0
 
-    def forced(self) -> list[int]:
-        """Tokens the grammar allows nothing else than, from here on (consumed by the matcher)."""
-        if not (self._active and self._jump) or self.matcher.is_stopped():
+    def forced(self, limit: int) -> list[int]:
+        """Tokens the grammar allows nothing else than, from here on, at most ``limit`` (consumed by the matcher)."""
+        if not (self._active and self._jump) or self.matcher.is_stopped() or limit <= 0:
             return []
         started = time.perf_counter()
-        tokens = list(self.matcher.compute_ff_tokens())
+        tokens = list(self.matcher.compute_ff_tokens())[:limit]
         if tokens and not self.matcher.consume_tokens(tokens):
             raise GrammarError(self.matcher.get_error() or "forced tokens were refused")
         self._track(tokens)
@@ -120,8 +125,8 @@ class JsonConstraint:
             elif byte == 0x22:  # quote
                 self._in_string = not self._in_string
 
-    def observe(self, token: int) -> list[int]:
-        """A sampled token; returns the forced tokens that follow it (already consumed)."""
+    def observe(self, token: int, limit: int) -> list[int]:
+        """A sampled token; returns the forced tokens that follow it, at most ``limit`` (already consumed)."""
         if self._active:
             if not self.matcher.consume_token(token):
                 raise GrammarError(self.matcher.get_error() or f"token {token} was refused")
@@ -130,7 +135,7 @@ class JsonConstraint:
             self._active = True
         else:
             return []
-        return self.forced()
+        return self.forced(limit)
 
     def apply(self, logits: mx.array, *, wrap_up: bool = False) -> mx.array:
         """Only the tokens the grammar allows next keep their logits.
@@ -160,4 +165,5 @@ class JsonConstraint:
 
     @property
     def complete(self) -> bool:
-        return self.matcher.is_accepting() or self.matcher.is_stopped()
+        """What was written so far is a whole answer the grammar accepts."""
+        return self._active and (self.matcher.is_accepting() or self.matcher.is_stopped())

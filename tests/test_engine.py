@@ -108,3 +108,29 @@ def test_a_constrained_answer_near_its_token_limit_heads_for_a_valid_end(engine)
         gen = engine.generate(messages, "no_think", sampling, schema=model.model_json_schema())
         assert gen.finish_reason == "stop" and gen.completion_tokens <= 120
         model.model_validate_json(gen.answer)
+
+
+def test_a_constrained_answer_is_stop_exactly_when_it_is_whole(engine):
+    """At every token limit: finish_reason "stop" when the answer parses (even if its last token hit the
+    limit), "length" when it was cut off; forced tokens never run past the limit."""
+    import json
+
+    schema = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {"say": {"type": "string", "maxLength": 40}, "tags": {"type": "array", "items": {"type": "string"}}},
+        "required": ["say", "tags"],
+    }
+    messages = build_messages("query", "why is pump 3 vibrating?")
+    seen = set()
+    for limit in range(1, 25):
+        gen = engine.generate(messages, "no_think", SETTINGS.no_think.model_copy(update={"max_tokens": limit}), schema=schema)
+        assert gen.completion_tokens <= limit
+        try:
+            json.loads(gen.answer)
+            whole = True
+        except ValueError:
+            whole = False
+        assert gen.finish_reason == ("stop" if whole else "length"), (limit, gen.answer)
+        seen.add(gen.finish_reason)
+    assert seen == {"stop", "length"}
