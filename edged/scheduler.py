@@ -98,6 +98,11 @@ class Scheduler:
             self._cond.notify()
         self._thread.join(timeout=30)
 
+    @property
+    def packed_steps(self) -> int:
+        """Decode steps whose padded rows ran on their real positions only (see ``edged.forward``)."""
+        return self._forward.packed_steps
+
     def in_flight(self) -> int:
         with self._cond:
             return len(self._incoming) + sum(len(c.waiting) + len(c.batch) for c in self._classes.values())
@@ -219,7 +224,7 @@ class Scheduler:
         inputs = mx.array([[0] * (width - n) + feed for feed, n in zip(feeds, lengths)])  # right-aligned
         for layer in c.cache:
             layer.prepare(lengths)
-        logits = self._forward.last(inputs, c.cache)
+        logits = self._forward.last(inputs, c.cache, lengths)
         for layer in c.cache:
             layer.finalize()
         for seq, feed in zip(c.batch, feeds):
