@@ -1,11 +1,11 @@
 """The model's forward pass, with the output head applied only where the next token is sampled.
 
 Part of the engine (imports mlx). mlx-lm's ``Model.__call__`` projects every position onto the
-vocabulary; a decode step samples from one position per row. In a batched step of 8 rows fed 4
-positions each, the head (SmolLM2: 576 x 49,152, a fifth of the weights) would cost 32 rows of
-products instead of 8. For the architectures whose ``__call__`` is body then head (nothing after
-it), ``Forward`` runs the body and applies the head to the last position; any other model runs
-whole and is sliced.
+vocabulary; a decode step samples from one position per row, a prefill chunk from its last. In a
+batched step of 8 rows fed 4 positions each, the head (SmolLM2: 576 x 49,152, a fifth of the
+weights) would cost 32 rows of products instead of 8; in a 128-token prefill chunk, 128 instead of
+1. For the architectures whose ``__call__`` is body then head (nothing after it), ``Forward`` runs
+the body and applies the head to the last position; any other model runs whole and is sliced.
 
 In a batched step whose rows feed different numbers of tokens, the short rows are padded. The
 padding is masked out of attention, but the per-position products (the MLP, most of a layer) would

@@ -173,7 +173,7 @@ class Scheduler:
         if store:
             size = to_prefix  # end this chunk at the static prefix, to keep its cache
         chunk = seq.pending[:size]
-        logits = self._model(mx.array(chunk)[None], cache=seq.cache)
+        logits = self._forward.last(mx.array(chunk)[None], seq.cache)  # the head on the last position only
         seq.fed += chunk
         seq.pending = seq.pending[size:]
         if store:
@@ -183,7 +183,7 @@ class Scheduler:
         if seq.pending:
             mx.eval([layer.state for layer in seq.cache])
             return
-        token = seq.sample(logits[:, -1, :])
+        token = seq.sample(logits)
         mx.eval(token)
         seq.steps += 1
         seq.accept(int(token.item()))
