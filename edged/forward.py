@@ -20,7 +20,6 @@ from typing import Any
 
 import mlx.core as mx
 import numpy as np
-from mlx_lm.models.base import create_attention_mask
 
 # model_type values whose Model.__call__ is `self.model(...)` then `lm_head` or the tied embedding,
 # and whose body is embed, blocks of `h + attn(norm(h))` then `h + mlp(norm(h))`, final norm.
@@ -61,7 +60,7 @@ class Forward:
         real = mx.array(np.concatenate([row * width + np.arange(width - n, width) for row, n in enumerate(lengths)]))
         h = body.embed_tokens(inputs.reshape(-1)[real])  # (real positions, hidden)
         padded_shape = (batch * width, h.shape[-1])
-        mask = create_attention_mask(mx.zeros((batch, width, 1)), cache[0])
+        mask = cache[0].make_mask(width)  # padded slots masked (the batch cache's own mask)
         for layer, layer_cache in zip(body.layers, cache):
             x = mx.zeros(padded_shape, dtype=h.dtype)
             x[real] = layer.input_layernorm(h)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from edged.model_files import ModelNotFound, resolve_model_path
@@ -113,8 +115,6 @@ def test_a_constrained_answer_near_its_token_limit_heads_for_a_valid_end(engine)
 def test_a_constrained_answer_is_stop_exactly_when_it_is_whole(engine):
     """At every token limit: finish_reason "stop" when the answer parses (even if its last token hit the
     limit), "length" when it was cut off; forced tokens never run past the limit."""
-    import json
-
     schema = {
         "type": "object",
         "additionalProperties": False,
