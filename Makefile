@@ -28,6 +28,6 @@ test: setup broker
 run: setup
 	$(BIN)/edged run
 
-# Regenerate systemd/ and launchd/ from edged/service_files.py (a test checks they match).
+# Regenerate systemd/ and launchd/ from edged/ops/service_files.py (a test checks they match).
 service-files: setup
-	$(BIN)/python -c 'from pathlib import Path; from edged.service_files import write_samples; write_samples(Path("."))'
+	$(BIN)/python -c 'from pathlib import Path; from edged.ops.service_files import write_samples; write_samples(Path("."))'

@@ -14,29 +14,29 @@ from typing import Any
 import structlog
 
 from edged import __version__
-from edged.bus import Bus, BusConfig, Inbound
-from edged.commands import DeviceControl
-from edged.confirmations import Confirmations
-from edged.device_state import DeviceStates
-from edged.diagnosis import Diagnostics
-from edged.health import SERVING, Monitor, StatusBoard
-from edged.homeassistant import discovery
-from edged.intake import Admin, Intake, Reply
-from edged.ledger import Ledger, Verdict, ledger_path
-from edged.logs import apply_levels
-from edged.metrics import MetricsServer
-from edged.periodic import Periodic
-from edged.progress import Cancellations, ProgressReporter
+from edged.bus.mqtt import Bus, BusConfig, Inbound
+from edged.devices.commands import DeviceControl
+from edged.devices.confirmations import Confirmations
+from edged.devices.registry import RegistryStore
+from edged.devices.state import DeviceStates
+from edged.diagnostics.diagnosis import Diagnostics
+from edged.diagnostics.telemetry import TelemetryStore
+from edged.ops.health import SERVING, Monitor, StatusBoard
+from edged.ops.homeassistant import discovery
+from edged.ops.logs import apply_levels
+from edged.ops.metrics import MetricsServer
+from edged.ops.periodic import Periodic
+from edged.ops.sdnotify import Notifier, watchdog_interval
+from edged.ops.stats import Stats, peak_rss_mb, rss_bytes
 from edged.protocol import CONTRACT_VERSION, ErrorCode, Result
-from edged.registry import RegistryStore
-from edged.reload import Outcome, Reloader
-from edged.sdnotify import Notifier, watchdog_interval
-from edged.service import Engine, Job, Service, error_result
-from edged.sessions import SessionStore
+from edged.service.handler import Engine, Job, Service, error_result
+from edged.service.intake import Admin, Intake, Reply
+from edged.service.ledger import Ledger, Verdict, ledger_path
+from edged.service.progress import Cancellations, ProgressReporter
+from edged.service.reload import Outcome, Reloader
+from edged.service.sessions import SessionStore
+from edged.service.worker import Admission, Worker
 from edged.settings import Settings
-from edged.stats import Stats, peak_rss_mb, rss_bytes
-from edged.telemetry import TelemetryStore
-from edged.worker import Admission, Worker
 
 log = structlog.get_logger("edged.app")
 
@@ -83,11 +83,15 @@ class Daemon:
         self._started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self.cancellations = Cancellations()
         self.telemetry = TelemetryStore(settings.telemetry)
-        self.ledger = Ledger(ledger_path(settings.state_dir, settings.client_id), window_s=settings.requests.dedupe_window_s,
-                             max_rows=settings.requests.dedupe_max_rows)  # fmt: skip
+        self.ledger = Ledger(
+            ledger_path(settings.state_dir, settings.client_id),
+            window_s=settings.requests.dedupe_window_s,
+            max_rows=settings.requests.dedupe_max_rows,
+        )
         self.devices = self._device_control(settings)
-        self.intake = Intake(self.base, settings, devices=self.devices, telemetry=self.telemetry,
-                             cancellations=self.cancellations)  # fmt: skip
+        self.intake = Intake(
+            self.base, settings, devices=self.devices, telemetry=self.telemetry, cancellations=self.cancellations
+        )
         self.board = StatusBoard(publish=self._publish_status, notifier=self.notifier, info=self._identity)
         self.monitor = Monitor(healthy=self._healthy, notifier=self.notifier, on_change=self._health_changed)
         self.stats = Stats(window_s=settings.stats.window_s)
@@ -104,7 +108,9 @@ class Daemon:
     def start(self) -> None:
         """Connect (requests wait in the queue), load the model, serve; online and READY=1 once all three hold."""
         s = self.settings
-        self.worker = Worker(None, queue_size=s.requests.queue_size, on_done=self._deliver, slots=s.model.scheduler.max_batch)
+        self.worker = Worker(
+            None, queue_size=s.requests.queue_size, on_done=self._deliver, slots=s.model.scheduler.max_batch
+        )
         self._health_ticks.start()  # the watchdog is fed during the model load too
         if s.metrics.prometheus_port is not None:
             self.metrics = MetricsServer(s.metrics.host, s.metrics.prometheus_port, self.stats_document, self._device)
@@ -127,20 +133,33 @@ class Daemon:
             max_sessions=s.sessions.max_sessions,
         )
         diagnostics = (
-            Diagnostics(self.telemetry, budget_tokens=s.diagnostics.telemetry_tokens, max_sensors=s.diagnostics.max_sensors,
-                        count_tokens=self.engine.count_tokens,
-                        registry=self.devices.store.get if self.devices is not None else lambda: None)
+            Diagnostics(
+                self.telemetry,
+                budget_tokens=s.diagnostics.telemetry_tokens,
+                max_sensors=s.diagnostics.max_sensors,
+                count_tokens=self.engine.count_tokens,
+                registry=self.devices.store.get if self.devices is not None else lambda: None,
+            )
             if s.diagnostics.structured
             else None
         )
         report = ProgressReporter(self._publish, self.base, s.diagnostics.progress_interval_s)
-        self.service = Service(self.engine, sessions, s.model, devices=self.devices, diagnostics=diagnostics,
-                               cancelled=self.cancellations, report=report)  # fmt: skip
+        self.service = Service(
+            self.engine,
+            sessions,
+            s.model,
+            devices=self.devices,
+            diagnostics=diagnostics,
+            cancelled=self.cancellations,
+            report=report,
+        )
         if s.model.warm_up:
             self.notifier.status("warming up the prompt cache")
             started = time.monotonic()
             took = self.service.warm_up()
-            log.info("warmed_up", seconds=round(time.monotonic() - started, 2), **{f"{k}_s": v for k, v in took.items()})
+            log.info(
+                "warmed_up", seconds=round(time.monotonic() - started, 2), **{f"{k}_s": v for k, v in took.items()}
+            )
         self.worker.start(self.service)
         self._stats_ticks.start()
         self._go_online()
@@ -148,10 +167,23 @@ class Daemon:
     def _device_control(self, s: Settings) -> DeviceControl | None:
         if s.devices.registry is None:
             return None
-        store = RegistryStore(s.devices.registry, on_change=lambda _r: self.bus and self.bus.watch(self.intake.watched()))
-        log.info("registry_loaded", path=str(s.devices.registry), version=store.current.version, devices=len(store.current.devices))
-        return DeviceControl(store, DeviceStates(), Confirmations(s.devices.confirm_ttl_s), self._publish_device,
-                             dispatch_default=s.devices.dispatch, claim=self.ledger.claim)  # fmt: skip
+        store = RegistryStore(
+            s.devices.registry, on_change=lambda _r: self.bus and self.bus.watch(self.intake.watched())
+        )
+        log.info(
+            "registry_loaded",
+            path=str(s.devices.registry),
+            version=store.current.version,
+            devices=len(store.current.devices),
+        )
+        return DeviceControl(
+            store,
+            DeviceStates(),
+            Confirmations(s.devices.confirm_ttl_s),
+            self._publish_device,
+            dispatch_default=s.devices.dispatch,
+            claim=self.ledger.claim,
+        )
 
     def _publish(self, topic: str, payload: bytes) -> None:
         if self.bus is not None:
@@ -168,7 +200,9 @@ class Daemon:
 
     def _waiting_for_broker(self, attempt: int, retry_in_s: float) -> None:
         s = self.settings.mqtt
-        self.notifier.status(f"waiting for the MQTT broker at {s.host}:{s.port} (attempt {attempt}, next in {retry_in_s:g} s)")
+        self.notifier.status(
+            f"waiting for the MQTT broker at {s.host}:{s.port} (attempt {attempt}, next in {retry_in_s:g} s)"
+        )
 
     def serve(self) -> None:
         """On the main thread until STOP: reloads asked for by SIGHUP or {base}/admin/reload, one at a time."""
@@ -194,7 +228,9 @@ class Daemon:
             outcome = self._reloader(self.settings)
         if admin is not None and self.bus is not None:
             payload = outcome.result(admin.request.id or "unknown").to_json()
-            self.bus.publish(admin.reply_topic, payload, correlation_data=admin.origin.correlation_data, ack=admin.origin)
+            self.bus.publish(
+                admin.reply_topic, payload, correlation_data=admin.origin.correlation_data, ack=admin.origin
+            )
         return outcome
 
     def _apply(self, settings: Settings) -> None:
@@ -303,7 +339,9 @@ class Daemon:
         else:
             job = self.worker.current if self.worker else None
             log.warning("worker_stuck", id=job.request.id if job else None, limit_s=self.settings.health.stuck_after_s)
-        self.board.set("online" if healthy else "degraded", reason=None if healthy else "worker_stuck", only_from=SERVING)
+        self.board.set(
+            "online" if healthy else "degraded", reason=None if healthy else "worker_stuck", only_from=SERVING
+        )
 
     # -- intake (network thread: decide, publish refusals, enqueue; never blocks) ----------
     def _on_message(self, msg: Inbound) -> None:
@@ -321,28 +359,36 @@ class Daemon:
             return  # a copy of a request edged knows: answered from the ledger, or acknowledged with the original
         elif self.worker.submit(decision) is Admission.BUSY:
             result = error_result(
-                decision.request.id or "unknown", ErrorCode.BUSY,
+                decision.request.id or "unknown",
+                ErrorCode.BUSY,
                 f"queue full ({self.settings.requests.queue_size} waiting); try again later",
-                kind=decision.kind, model=self.engine.name if self.engine else None,
-            )  # fmt: skip
+                kind=decision.kind,
+                model=self.engine.name if self.engine else None,
+            )
             self._deliver(decision, result)
 
     def _admit(self, msg: Inbound, job: Job) -> bool:
-        """True: run the job. Else a redelivery or a resent copy, dealt with here (see edged.ledger)."""
+        """True: run the job. Else a redelivery or a resent copy, dealt with here (see edged.service.ledger)."""
         assert self.bus is not None and job.request.id is not None
         # A copy is the same message again: topic, payload and MQTT 5 correlation data (another correlation is
         # another exchange the caller waits on, so it is not a copy).
-        digest = hashlib.sha256(b"\0".join((msg.topic.encode(), msg.correlation_data or b"", msg.payload))).hexdigest()[:32]
+        digest = hashlib.sha256(b"\0".join((msg.topic.encode(), msg.correlation_data or b"", msg.payload))).hexdigest()[
+            :32
+        ]
         seen = self.ledger.admit(job.request.id, job.reply_topic, redelivered=msg.dup, origin=msg, digest=digest)
         if seen.verdict is Verdict.CONFLICT:
             message = f"id {job.request.id!r} belongs to another request answered on this topic recently; use a new id"
-            self._refuse(msg, Reply(job.reply_topic, error_result(job.request.id, ErrorCode.BAD_ID, message, kind=job.kind)))
+            self._refuse(
+                msg, Reply(job.reply_topic, error_result(job.request.id, ErrorCode.BAD_ID, message, kind=job.kind))
+            )
             return False
         if seen.verdict in (Verdict.NEW, Verdict.RESUMED):
             if seen.verdict is Verdict.RESUMED:
                 log.info("request_resumed", id=job.request.id, reply_topic=job.reply_topic)
             return True
-        log.info("duplicate_request", id=job.request.id, verdict=seen.verdict.value, dup=msg.dup, reply_topic=job.reply_topic)
+        log.info(
+            "duplicate_request", id=job.request.id, verdict=seen.verdict.value, dup=msg.dup, reply_topic=job.reply_topic
+        )
         if seen.verdict is Verdict.ANSWERED:
             self.bus.ack(msg)
         elif seen.verdict is Verdict.REPLAY and seen.result is not None:
@@ -356,17 +402,27 @@ class Daemon:
         self.bus.publish(reply.topic, result.to_json(), correlation_data=msg.correlation_data, ack=msg)
         self.stats.record(result)
         log.info(
-            "request_done", id=result.id, kind=result.kind, status=result.status,
-            code=result.error.code.value if result.error else None, topic=msg.topic, reply_topic=reply.topic,
-        )  # fmt: skip
+            "request_done",
+            id=result.id,
+            kind=result.kind,
+            status=result.status,
+            code=result.error.code.value if result.error else None,
+            topic=msg.topic,
+            reply_topic=reply.topic,
+        )
 
     # -- results (worker thread) -----------------------------------------------------------
     def _deliver(self, job: Job, result: Result) -> None:
         assert self.bus is not None and job.request.id is not None
         rid, busy = job.request.id, result.error is not None and result.error.code == ErrorCode.BUSY
         self.ledger.settle(rid, job.reply_topic, None if busy else result.to_json())  # stored before it goes out
-        confirmed = self.bus.publish(job.reply_topic, result.to_json(), correlation_data=job.correlation_data, ack=job.origin,
-                                     on_confirmed=lambda: self._confirmed(rid, job.reply_topic))  # fmt: skip
+        confirmed = self.bus.publish(
+            job.reply_topic,
+            result.to_json(),
+            correlation_data=job.correlation_data,
+            ack=job.origin,
+            on_confirmed=lambda: self._confirmed(rid, job.reply_topic),
+        )
         self.stats.record(result)
         log.info(
             "request_done",

@@ -13,9 +13,10 @@ from pathlib import Path
 import structlog
 from pydantic import ValidationError
 
-from edged import __version__, model_cli
-from edged.blas import preload_blas
-from edged.logs import setup_logging
+from edged import __version__
+from edged.engine.blas import preload_blas
+from edged.models import cli as model_cli
+from edged.ops.logs import setup_logging
 from edged.settings import Settings, error_lines, load_settings
 
 EXIT_CONFIG = 2
@@ -28,7 +29,11 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the daemon until SIGTERM/SIGINT; SIGHUP re-reads the configuration")
-    run.add_argument("--config", type=Path, help="TOML settings file (default: $EDGED_CONFIG, /etc/edged/edged.toml, ~/.config/edged/edged.toml)")
+    run.add_argument(
+        "--config",
+        type=Path,
+        help="TOML settings file (default: $EDGED_CONFIG, /etc/edged/edged.toml, ~/.config/edged/edged.toml)",
+    )
 
     config = sub.add_parser("config", help="configuration tools")
     config_sub = config.add_subparsers(dest="config_command", required=True)
@@ -58,26 +63,45 @@ def _parser() -> argparse.ArgumentParser:
 
     service = sub.add_parser("service", help="run edged as a system service")
     service_sub = service.add_subparsers(dest="service_command", required=True)
-    install = service_sub.add_parser("install", help="write the systemd unit or launchd plist with this installation's paths")
+    install = service_sub.add_parser(
+        "install", help="write the systemd unit or launchd plist with this installation's paths"
+    )
     which = install.add_mutually_exclusive_group(required=True)
-    which.add_argument("--systemd", action="store_true", help="unit + sample drop-in (default into /etc/systemd/system)")
+    which.add_argument(
+        "--systemd", action="store_true", help="unit + sample drop-in (default into /etc/systemd/system)"
+    )
     which.add_argument("--launchd", action="store_true", help="plist for /Library/LaunchDaemons (or --agent)")
     install.add_argument("--agent", action="store_true", help="launchd: a per-user agent in ~/Library/LaunchAgents")
     install.add_argument("--config", type=Path, help="the config file the service reads")
     install.add_argument("--dest", type=Path, help="write into this directory instead of the system's")
     install.add_argument("--user", help="launchd daemon: the account edged runs as (default: the invoking user)")
 
-    demo = sub.add_parser("demo", help="end to end: start edged on an offline model, send commands and a query, print the results")
+    demo = sub.add_parser(
+        "demo", help="end to end: start edged on an offline model, send commands and a query, print the results"
+    )
     demo.add_argument("--config", type=Path)
-    demo.add_argument("--model", choices=["smollm2", "tiny"], default="smollm2",
-                      help="smollm2: SmolLM2-135M-Instruct imported from PyPI; tiny: random-weight Qwen3 (nonsense text)")  # fmt: skip
+    demo.add_argument(
+        "--model",
+        choices=["smollm2", "tiny"],
+        default="smollm2",
+        help="smollm2: SmolLM2-135M-Instruct imported from PyPI; tiny: random-weight Qwen3 (nonsense text)",
+    )
 
     from edged.bench.run import add_arguments as bench_arguments
 
-    bench_arguments(sub.add_parser("bench", help="latency, throughput and memory of edged over MQTT, beside raw mlx-lm (and llama.cpp)"))
+    bench_arguments(
+        sub.add_parser(
+            "bench", help="latency, throughput and memory of edged over MQTT, beside raw mlx-lm (and llama.cpp)"
+        )
+    )
     from edged.bench.diagnostics import add_arguments as diagnostics_arguments
 
-    diagnostics_arguments(sub.add_parser("bench-diagnostics", help="diagnostic queries over simulated pump-line readings: tokens, progress, thinking budget"))
+    diagnostics_arguments(
+        sub.add_parser(
+            "bench-diagnostics",
+            help="diagnostic queries over simulated pump-line readings: tokens, progress, thinking budget",
+        )
+    )
     return p
 
 
@@ -109,7 +133,7 @@ def _control_on_signals() -> queue.SimpleQueue:
 
 
 def _install_service(args: argparse.Namespace) -> int:
-    from edged import service_files as sf
+    from edged.ops import service_files as sf
 
     config = str(args.config.expanduser().absolute()) if args.config else None
     if args.systemd:
@@ -148,12 +172,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "simulate":
         import time
 
-        from edged import simulator
-        from edged.client import EdgedClient
+        from edged.bus.client import EdgedClient
+        from edged.diagnostics import simulator
 
         with EdgedClient(args.prefix, host=args.host, port=args.port) as client:
-            n = simulator.run(client.publish, args.prefix, args.pumps, fault=args.fault, fault_pump=args.fault_pump,
-                              steps=args.steps, interval_s=args.interval, wait=time.sleep)  # fmt: skip
+            n = simulator.run(
+                client.publish,
+                args.prefix,
+                args.pumps,
+                fault=args.fault,
+                fault_pump=args.fault_pump,
+                steps=args.steps,
+                interval_s=args.interval,
+                wait=time.sleep,
+            )
         print(f"published {n} readings under {args.prefix}/")
         return 0
     if args.command == "demo":
@@ -174,12 +206,14 @@ def main(argv: list[str] | None = None) -> int:
     control = _control_on_signals()
     preload_blas(settings.model.blas)  # before mlx is first imported
     from edged.app import run
-    from edged.engine import MlxEngine
-    from edged.metrics import MetricsUnavailable
-    from edged.model_files import ModelInvalid
+    from edged.engine.mlx import MlxEngine
+    from edged.models.files import ModelInvalid
+    from edged.ops.metrics import MetricsUnavailable
 
     try:
-        return run(settings, lambda s: MlxEngine(s.model), control=control, reload_settings=lambda: load_settings(args.config))
+        return run(
+            settings, lambda s: MlxEngine(s.model), control=control, reload_settings=lambda: load_settings(args.config)
+        )
     except ModelInvalid as exc:  # includes ModelNotFound
         log.error("model_unusable", error=str(exc))
         return EXIT_CONFIG
@@ -196,13 +230,13 @@ def _eval(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     setup_logging("info", "console" if sys.stderr.isatty() else "json", stream=sys.stderr)
     preload_blas(settings.model.blas)
-    from edged.commands import DeviceControl
-    from edged.confirmations import Confirmations
-    from edged.device_state import DeviceStates
-    from edged.engine import MlxEngine
+    from edged.devices.commands import DeviceControl
+    from edged.devices.confirmations import Confirmations
+    from edged.devices.registry import RegistryStore
+    from edged.devices.state import DeviceStates
+    from edged.engine.mlx import MlxEngine
     from edged.evaluate import evaluate, load_cases, print_table
-    from edged.models import ensure_demo_model
-    from edged.registry import RegistryStore
+    from edged.models.store import ensure_demo_model
 
     path = str(ensure_demo_model()) if args.model == "smollm2" else args.model
     model = settings.model.model_copy(update={"path": path, "name": None, "seed": 0})
@@ -212,10 +246,13 @@ def _eval(args: argparse.Namespace) -> int:
     cases = load_cases(args.cases, store.current)[: args.limit]
 
     def control(*, constrain: bool) -> DeviceControl:
-        return DeviceControl(store, DeviceStates(), Confirmations(60), lambda _t, _p: None, dispatch_default=False,
-                             constrain=constrain)  # fmt: skip
+        return DeviceControl(
+            store, DeviceStates(), Confirmations(60), lambda _t, _p: None, dispatch_default=False, constrain=constrain
+        )
 
-    rows = evaluate(engine, model, control, cases, modes=["constrained", "unconstrained"] if args.compare else ["constrained"])
+    rows = evaluate(
+        engine, model, control, cases, modes=["constrained", "unconstrained"] if args.compare else ["constrained"]
+    )
     print(f"{engine.name} on {args.registry.name}, {len(cases)} cases, greedy")
     print_table(rows)
     if args.json:

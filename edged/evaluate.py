@@ -17,8 +17,8 @@ from typing import Any
 import structlog
 
 from edged.protocol import Request
-from edged.service import Job, Service
-from edged.sessions import SessionStore
+from edged.service.handler import Job, Service
+from edged.service.sessions import SessionStore
 
 log = structlog.get_logger("edged.eval")
 
@@ -43,7 +43,10 @@ class Outcome:
 
 
 def _key(device: str, action: str, params: dict[str, Any]) -> tuple[str, str, str]:
-    norm = {k: round(float(v), 3) if isinstance(v, (int, float)) and not isinstance(v, bool) else v for k, v in params.items()}
+    norm = {
+        k: round(float(v), 3) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+        for k, v in params.items()
+    }
     return device, action, json.dumps(norm, sort_keys=True)
 
 
@@ -63,15 +66,31 @@ def run_cases(service: Service, cases: list[Case], *, progress: bool = True) -> 
     outcomes = []
     for i, case in enumerate(cases):
         request = Request(id=f"eval-{i}", text=case.text, dispatch=False)
-        job = Job(kind="command", request=request, received_at=time.monotonic(), deadline=None,
-                  reply_topic="-", include_reasoning=False)  # fmt: skip
+        job = Job(
+            kind="command",
+            request=request,
+            received_at=time.monotonic(),
+            deadline=None,
+            reply_topic="-",
+            include_reasoning=False,
+        )
         result = service.handle(job)
         actions = (result.result or {}).get("actions", [])
         got = frozenset(_key(a["device"], a["action"], a["params"]) for a in actions)
         valid = not (result.error and result.error.code.value in ("invalid_answer", "generation_failed"))
         correct = valid and (got == case.expect if case.expect else result.status == "rejected")
-        outcomes.append(Outcome(case, got, valid, correct, result.timing_ms.total, result.usage.prompt_tokens,
-                                result.usage.completion_tokens, result.timing_ms.mask))  # fmt: skip
+        outcomes.append(
+            Outcome(
+                case,
+                got,
+                valid,
+                correct,
+                result.timing_ms.total,
+                result.usage.prompt_tokens,
+                result.usage.completion_tokens,
+                result.timing_ms.mask,
+            )
+        )
         if progress:
             log.info("eval_case", n=i + 1, of=len(cases), correct=correct, valid=valid, ms=result.timing_ms.total)
     return outcomes
@@ -99,25 +118,41 @@ def print_table(rows: dict[str, dict[str, Any]]) -> None:
     """One column per run (e.g. constrained / unconstrained)."""
     names = list(rows)
     print(f"{'':24}" + "".join(f"{n:>16}" for n in names))
-    for label, key, fmt in (("cases", "cases", "{:>16d}"), ("exact match", "exact_match", "{:>16.1%}"),
-                            ("schema-valid", "schema_valid", "{:>16.1%}"), ("latency p50 ms", "p50_ms", "{:>16.0f}"),
-                            ("latency p95 ms", "p95_ms", "{:>16.0f}"), ("prompt tokens (median)", "prompt_tokens", "{:>16.0f}"),
-                            ("new tokens (mean)", "completion_tokens", "{:>16.1f}"),
-                            ("mask ms per token", "mask_ms_per_token", "{:>16.3f}")):  # fmt: skip
+    for label, key, fmt in (
+        ("cases", "cases", "{:>16d}"),
+        ("exact match", "exact_match", "{:>16.1%}"),
+        ("schema-valid", "schema_valid", "{:>16.1%}"),
+        ("latency p50 ms", "p50_ms", "{:>16.0f}"),
+        ("latency p95 ms", "p95_ms", "{:>16.0f}"),
+        ("prompt tokens (median)", "prompt_tokens", "{:>16.0f}"),
+        ("new tokens (mean)", "completion_tokens", "{:>16.1f}"),
+        ("mask ms per token", "mask_ms_per_token", "{:>16.3f}"),
+    ):
         print(f"{label:24}" + "".join(fmt.format(rows[n][key]) for n in names))
     kinds = sorted({k for r in rows.values() for k in r["by_type"]})
     for kind in kinds:
         cells = [rows[n]["by_type"].get(kind) for n in names]
-        print(f"  {kind + ' (n=' + str(cells[0]['n'] if cells[0] else 0) + ')':22}"
-              + "".join(f"{c['exact_match']:>16.1%}" if c else f"{'-':>16}" for c in cells))  # fmt: skip
+        print(
+            f"  {kind + ' (n=' + str(cells[0]['n'] if cells[0] else 0) + ')':22}"
+            + "".join(f"{c['exact_match']:>16.1%}" if c else f"{'-':>16}" for c in cells)
+        )
 
 
-def evaluate(engine: Any, model_settings: Any, control_factory: Any, cases: list[Case], *, modes: list[str]) -> dict[str, dict[str, Any]]:
+def evaluate(
+    engine: Any, model_settings: Any, control_factory: Any, cases: list[Case], *, modes: list[str]
+) -> dict[str, dict[str, Any]]:
     rows = {}
     for mode in modes:
         control = control_factory(constrain=mode == "constrained")
-        service = Service(engine, SessionStore(max_turns=0, max_tokens=0, idle_s=1, max_sessions=1), model_settings, devices=control)
+        service = Service(
+            engine, SessionStore(max_turns=0, max_tokens=0, idle_s=1, max_sessions=1), model_settings, devices=control
+        )
         started = time.perf_counter()
         rows[mode] = summarise(run_cases(service, cases))
-        log.info("eval_done", mode=mode, seconds=round(time.perf_counter() - started, 1), **{k: v for k, v in rows[mode].items() if k != "by_type"})
+        log.info(
+            "eval_done",
+            mode=mode,
+            seconds=round(time.perf_counter() - started, 1),
+            **{k: v for k, v in rows[mode].items() if k != "by_type"},
+        )
     return rows

@@ -79,8 +79,10 @@ def _unpublishable(c: str) -> bool:
 
 def _check_reply_to(v: str | None) -> str | None:
     if v is not None and not valid_topic(v):
-        raise ValueError(f"reply_to must be a topic of 1-{MAX_TOPIC_CHARS} chars, not starting with '$', "
-                         "without '+', '#' or control characters")
+        raise ValueError(
+            f"reply_to must be a topic of 1-{MAX_TOPIC_CHARS} chars, not starting with '$', "
+            "without '+', '#' or control characters"
+        )
     return v
 
 
@@ -105,7 +107,9 @@ class Request(BaseModel):
     context: dict[str, Any] | None = None
     deadline_ms: int | None = Field(None, ge=1, le=MAX_DEADLINE_MS)
     dispatch: bool | None = None  # commands: false = dry run, nothing is sent to devices
-    client: str | None = Field(None, pattern=ID_PATTERN)  # who is asking (rate limits); MQTT 5 user property "client" too
+    client: str | None = Field(
+        None, pattern=ID_PATTERN
+    )  # who is asking (rate limits); MQTT 5 user property "client" too
     priority: Priority | None = None  # MQTT 5 user property "priority" too
 
     @field_validator("text")
@@ -116,7 +120,6 @@ class Request(BaseModel):
         return v
 
 
-
 class ConfirmRequest(BaseModel):
     """A ``{base}/confirm`` payload: the token from a needs_confirmation result."""
 
@@ -125,7 +128,6 @@ class ConfirmRequest(BaseModel):
     id: str | None = Field(None, pattern=ID_PATTERN)
     token: str = Field(min_length=8, max_length=64)
     reply_to: ReplyTo = None
-
 
 
 class ErrorInfo(BaseModel):
@@ -162,7 +164,9 @@ class Result(BaseModel):
     model: str | None = None
     usage: Usage = Field(default_factory=Usage)  # a factory: a default instance would be deep-copied per result
     timing_ms: Timing = Field(default_factory=Timing)
-    replayed: bool | None = Field(None, description="true: a copy of a request answered before; the stored result, not run again")
+    replayed: bool | None = Field(
+        None, description="true: a copy of a request answered before; the stored result, not run again"
+    )
 
     def to_json(self) -> bytes:
         return self.model_dump_json(exclude_none=True).encode()
@@ -236,13 +240,15 @@ def parse_cancel(payload: bytes, limits: Limits) -> str:
     data = _decode(payload, limits)
     target = data.get("id", data.get("text", "")).strip() if isinstance(data.get("id", data.get("text")), str) else None
     if set(data) - {"id", "text"} or not target or not re.fullmatch(ID_PATTERN, target):
-        raise RequestError(ErrorCode.BAD_ID, "cancel takes {\"id\": \"<request id>\"} or the bare id")
+        raise RequestError(ErrorCode.BAD_ID, 'cancel takes {"id": "<request id>"} or the bare id')
     return target
 
 
 def _decode(payload: bytes, limits: Limits) -> dict[str, Any]:
     if len(payload) > limits.max_payload_bytes:
-        raise RequestError(ErrorCode.PAYLOAD_TOO_LARGE, f"payload is {len(payload)} bytes; limit {limits.max_payload_bytes}")
+        raise RequestError(
+            ErrorCode.PAYLOAD_TOO_LARGE, f"payload is {len(payload)} bytes; limit {limits.max_payload_bytes}"
+        )
     try:
         body = payload.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -304,7 +310,9 @@ def _check_limits(request: Request, limits: Limits, hints: dict[str, str | None]
         size = len(json.dumps(request.context, separators=(",", ":")).encode())
         if size > limits.max_context_bytes:
             raise RequestError(
-                ErrorCode.CONTEXT_TOO_LARGE, f"context is {size} bytes as JSON; limit {limits.max_context_bytes}", **hints
+                ErrorCode.CONTEXT_TOO_LARGE,
+                f"context is {size} bytes as JSON; limit {limits.max_context_bytes}",
+                **hints,
             )
 
 

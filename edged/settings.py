@@ -14,8 +14,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic import ValidationInfo
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -23,12 +31,19 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from edged.ledger import default_state_dir
-from edged.telemetry import TelemetrySettings
-from edged.tls import client_context
+from edged.bus.tls import client_context
+from edged.diagnostics.telemetry import TelemetrySettings
 
 CONFIG_ENV = "EDGED_CONFIG"
 DEFAULT_CONFIG_PATHS = (Path("/etc/edged/edged.toml"), Path("~/.config/edged/edged.toml"))
+
+
+def default_state_dir(environ: dict[str, str] | None = None) -> Path:
+    """``$STATE_DIRECTORY`` (systemd ``StateDirectory=``), else ``$XDG_STATE_HOME/edged``, else ``~/.local/state/edged``."""
+    env = os.environ if environ is None else environ
+    if env.get("STATE_DIRECTORY"):
+        return Path(env["STATE_DIRECTORY"].split(":")[0])
+    return Path(env.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "edged"
 
 
 class _Section(BaseModel):
@@ -57,7 +72,9 @@ class TlsSettings(_Section):
     """TLS to the broker: server verification, optionally a client certificate (mutual TLS)."""
 
     enabled: bool = Field(False, description="connect with TLS (the broker's TLS listener, usually port 8883)")
-    ca_file: Path | None = Field(None, description="CA certificate(s) (PEM) for the broker's certificate; default: the system's")
+    ca_file: Path | None = Field(
+        None, description="CA certificate(s) (PEM) for the broker's certificate; default: the system's"
+    )
     cert_file: Path | None = Field(None, description="client certificate (PEM) for mutual TLS; needs key_file")
     key_file: Path | None = Field(None, description="the client certificate's private key (PEM, unencrypted; mode 600)")
     min_version: Literal["1.2", "1.3"] = Field("1.2", description="oldest TLS version accepted")
@@ -72,7 +89,9 @@ class TlsSettings(_Section):
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("set cert_file and key_file together (mutual TLS needs both)")
         if not self.enabled and (self.ca_file or self.cert_file):
-            raise ValueError("TLS files are set but enabled = false: set enabled = true (edged never falls back to plain text)")
+            raise ValueError(
+                "TLS files are set but enabled = false: set enabled = true (edged never falls back to plain text)"
+            )
         if self.enabled:
             try:
                 self.context()
@@ -81,8 +100,9 @@ class TlsSettings(_Section):
         return self
 
     def context(self) -> ssl.SSLContext:
-        return client_context(ca_file=self.ca_file, cert_file=self.cert_file, key_file=self.key_file,
-                              min_version=self.min_version)  # fmt: skip
+        return client_context(
+            ca_file=self.ca_file, cert_file=self.cert_file, key_file=self.key_file, min_version=self.min_version
+        )
 
 
 class MqttSettings(_Section):
@@ -94,7 +114,8 @@ class MqttSettings(_Section):
     password: SecretStr | None = None
     password_file: Path | None = Field(None, description="file whose first line is the password")
     password_credential: str = Field(
-        "mqtt-password", description="without password/password_file: this file in $CREDENTIALS_DIRECTORY (systemd LoadCredential=)"
+        "mqtt-password",
+        description="without password/password_file: this file in $CREDENTIALS_DIRECTORY (systemd LoadCredential=)",
     )
 
     @field_validator("password_file")
@@ -108,16 +129,22 @@ class MqttSettings(_Section):
             if not first or not first[0]:
                 raise ValueError("password_file is empty: its first line must be the password")
         return v
+
     keepalive_s: int = Field(30, ge=5, le=3600)
     session_expiry_s: int = Field(86400, ge=0, description="how long the broker keeps requests while edged is down")
     reconnect_min_s: float = Field(1.0, gt=0)
     reconnect_max_s: float = Field(60.0, gt=0)
     publish_timeout_s: float = Field(10.0, gt=0, description="wait for the broker's PUBACK of a result")
     receive_maximum: int = Field(
-        64, ge=1, le=65535, description="MQTT 5: requests the broker may have in flight to edged; the rest wait at the broker"
+        64,
+        ge=1,
+        le=65535,
+        description="MQTT 5: requests the broker may have in flight to edged; the rest wait at the broker",
     )
     shared_group: str | None = Field(
-        None, pattern=r"^[A-Za-z0-9_-]{1,64}$", description="share requests with other instances: $share/<group>/{base}/command, ..."
+        None,
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="share requests with other instances: $share/<group>/{base}/command, ...",
     )
     tls: TlsSettings = TlsSettings()
 
@@ -135,7 +162,11 @@ class MqttSettings(_Section):
         """The password: ``password``, else ``password_file``, else the systemd credential; an empty file means none."""
         if self.password is not None:
             return self.password.get_secret_value()
-        path = self.password_file.expanduser() if self.password_file is not None else _credential(self.password_credential, environ)
+        path = (
+            self.password_file.expanduser()
+            if self.password_file is not None
+            else _credential(self.password_credential, environ)
+        )
         if path is None:
             return None
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -186,16 +217,26 @@ class NoThinkSampling(SamplingSettings):
 
 
 class SchedulerSettings(_Section):
-    """How the engine shares the model between requests in flight (see ``edged.scheduler``)."""
+    """How the engine shares the model between requests in flight (see ``edged.engine.scheduler``)."""
 
-    max_batch: int = Field(8, ge=1, le=64, description="generations of one priority decoded together; also requests in flight per priority")
-    fair_share: int = Field(8, ge=1, description="a waiting lower-priority generation gets a step after this many steps of higher ones")
-    prefill_chunk: int = Field(128, ge=8, description="prompt tokens per prefill step: bounds how long a new command waits")
-    jump_forward: bool = Field(True, description="append tokens the answer grammar forces without sampling, fed as one chunk")
+    max_batch: int = Field(
+        8, ge=1, le=64, description="generations of one priority decoded together; also requests in flight per priority"
+    )
+    fair_share: int = Field(
+        8, ge=1, description="a waiting lower-priority generation gets a step after this many steps of higher ones"
+    )
+    prefill_chunk: int = Field(
+        128, ge=8, description="prompt tokens per prefill step: bounds how long a new command waits"
+    )
+    jump_forward: bool = Field(
+        True, description="append tokens the answer grammar forces without sampling, fed as one chunk"
+    )
 
 
 class ModelSettings(_Section):
-    path: str = Field("Qwen/Qwen3-4B-MLX-4bit", description="MLX model directory, or a repo id already in the local HF cache")
+    path: str = Field(
+        "Qwen/Qwen3-4B-MLX-4bit", description="MLX model directory, or a repo id already in the local HF cache"
+    )
     name: str | None = Field(None, description="name reported in results; default the path's last component")
     seed: int | None = Field(None, description="fix the sampling seed (tests, benchmarks)")
     dtype: Literal["auto", "keep", "float32", "bfloat16", "float16"] = Field(
@@ -206,8 +247,12 @@ class ModelSettings(_Section):
     yarn_factor: float = Field(4.0, gt=1)
     yarn_original_context: int | None = Field(None, ge=1, description="default: the model's max_position_embeddings")
     max_context: int | None = Field(None, ge=16, description="cap the context below the model's (memory)")
-    prefix_cache_mb: int = Field(512, ge=0, description="KV cache of reused prompt prefixes and session history (LRU); 0 = off")
-    warm_up: bool = Field(True, description="before going online, prefill each kind's static prompt and build the grammar")
+    prefix_cache_mb: int = Field(
+        512, ge=0, description="KV cache of reused prompt prefixes and session history (LRU); 0 = off"
+    )
+    warm_up: bool = Field(
+        True, description="before going online, prefill each kind's static prompt and build the grammar"
+    )
     scheduler: SchedulerSettings = SchedulerSettings()
     think: ThinkSampling = ThinkSampling()
     no_think: NoThinkSampling = NoThinkSampling()
@@ -226,15 +271,20 @@ class RequestSettings(_Section):
     max_text_chars: int = Field(8000, ge=1)
     max_payload_bytes: int = Field(256 * 1024, ge=256)
     dedupe_window_s: float = Field(
-        86400, gt=0, description="a request id seen again this soon is a duplicate: answered from the ledger, never run twice"
+        86400,
+        gt=0,
+        description="a request id seen again this soon is a duplicate: answered from the ledger, never run twice",
     )
-    dedupe_max_rows: int = Field(10_000, ge=100, description="requests the ledger remembers at most (oldest forgotten first)")
+    dedupe_max_rows: int = Field(
+        10_000, ge=100, description="requests the ledger remembers at most (oldest forgotten first)"
+    )
     max_context_bytes: int = Field(64 * 1024, ge=0)
     queue_size: int = Field(16, ge=1, description="requests waiting for the model; more get status error/busy")
     default_deadline_ms: int | None = Field(None, ge=1)
     include_reasoning: bool = Field(False, description="put the thinking text in results by default")
     rate_limit: RateLimitSettings | None = Field(
-        None, description="per-client token bucket (client field or MQTT 5 user property); requests without one share a bucket"
+        None,
+        description="per-client token bucket (client field or MQTT 5 user property); requests without one share a bucket",
     )
 
 
@@ -260,7 +310,9 @@ class DeviceSettings(_Section):
 
 class DiagnosticSettings(_Section):
     structured: bool = Field(True, description="queries answer with the diagnosis schema (after thinking)")
-    telemetry_tokens: int = Field(800, ge=50, description="prompt tokens for sensor summaries and raw readings (summaries always fit)")
+    telemetry_tokens: int = Field(
+        800, ge=50, description="prompt tokens for sensor summaries and raw readings (summaries always fit)"
+    )
     max_sensors: int = Field(10, ge=1, description="sensors summarised for one question")
     progress_interval_s: float = Field(1.0, ge=0, description="{base}/progress/{id} while a query runs; 0 = off")
 
@@ -273,14 +325,18 @@ class LogSettings(_Section):
     format: Literal["auto", "json", "journal", "console"] = Field(
         "auto", description="auto: journal under systemd's journal, JSON lines when not a terminal, else console"
     )
-    levels: dict[str, LogLevel] = Field(default_factory=dict, description='per logger, e.g. {"edged.bus" = "debug", "paho" = "warning"}')
+    levels: dict[str, LogLevel] = Field(
+        default_factory=dict, description='per logger, e.g. {"edged.bus" = "debug", "paho" = "warning"}'
+    )
 
 
 class HealthSettings(_Section):
     stuck_after_s: float = Field(
         300, gt=0, description="a request without a new token this long: state degraded, systemd watchdog pings stop"
     )
-    check_interval_s: float = Field(5, gt=0, description="how often health is checked (more often if WATCHDOG_USEC asks)")
+    check_interval_s: float = Field(
+        5, gt=0, description="how often health is checked (more often if WATCHDOG_USEC asks)"
+    )
 
 
 class StatsSettings(_Section):
@@ -290,7 +346,10 @@ class StatsSettings(_Section):
 
 class MetricsSettings(_Section):
     prometheus_port: int | None = Field(
-        None, ge=0, le=65535, description="serve Prometheus metrics on this port (0: any free port); needs edged[metrics]"
+        None,
+        ge=0,
+        le=65535,
+        description="serve Prometheus metrics on this port (0: any free port); needs edged[metrics]",
     )
     host: str = Field("127.0.0.1", description="address the metrics server binds to; keep it on loopback")
 
@@ -313,7 +372,8 @@ class Settings(BaseSettings):
     base_topic: str | None = Field(None, description="default edged/{node_id}")
     shutdown_grace_s: float = Field(30.0, ge=0, description="how long SIGTERM waits for the request in progress")
     state_dir: Path = Field(
-        default_factory=default_state_dir, description="the request ledger; default $STATE_DIRECTORY, else $XDG_STATE_HOME/edged"
+        default_factory=default_state_dir,
+        description="the request ledger; default $STATE_DIRECTORY, else $XDG_STATE_HOME/edged",
     )
     mqtt: MqttSettings = MqttSettings()
     model: ModelSettings = ModelSettings()
@@ -338,7 +398,9 @@ class Settings(BaseSettings):
         ):
             raise ValueError("base_topic must be non-empty, without wildcards and without a trailing '/'")
         if self.mqtt.shared_group is not None and self.base_topic is None:
-            raise ValueError("mqtt.shared_group needs base_topic: the instances of a group share it (node_id tells them apart)")
+            raise ValueError(
+                "mqtt.shared_group needs base_topic: the instances of a group share it (node_id tells them apart)"
+            )
         return self
 
     @property

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from edged.blas import preload_blas
+from edged.engine.blas import preload_blas
 from edged.settings import Settings
 
 preload_blas("auto")  # as `edged run` does, before anything imports mlx
@@ -43,7 +43,7 @@ def broker() -> tuple[str, int]:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir() -> Path:
-    from edged.testmodel import build_test_model
+    from edged.models.testmodel import build_test_model
 
     return build_test_model(CACHE / "models" / "tiny-qwen3")
 
@@ -51,7 +51,7 @@ def tiny_model_dir() -> Path:
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     """SmolLM2-135M-Instruct imported from the PyPI GGUF, once per cache."""
-    from edged.models import ensure_demo_model
+    from edged.models.store import ensure_demo_model
 
     return ensure_demo_model(CACHE / "models" / "smollm2-135m-instruct")
 
@@ -59,7 +59,7 @@ def smollm2_dir() -> Path:
 @pytest.fixture(scope="session")
 def smol_engine(smollm2_dir: Path):
     """SmolLM2 loaded once, greedy for commands so behaviour tests are deterministic."""
-    from edged.engine import MlxEngine
+    from edged.engine.mlx import MlxEngine
     from edged.settings import ModelSettings
 
     return MlxEngine(ModelSettings(path=str(smollm2_dir), name="SmolLM2-135M-Instruct", seed=0))
@@ -68,7 +68,7 @@ def smol_engine(smollm2_dir: Path):
 @pytest.fixture(scope="session")
 def engine(tiny_model_dir: Path):
     """One loaded engine shared by the in-process daemons (they run one at a time)."""
-    from edged.engine import MlxEngine
+    from edged.engine.mlx import MlxEngine
     from edged.settings import ModelSettings
 
     return MlxEngine(ModelSettings(path=str(tiny_model_dir), **TEST_MODEL))
@@ -80,7 +80,9 @@ def make_settings(tiny_model_dir: Path, **overrides: Any) -> Settings:
     model = {"path": str(tiny_model_dir), **TEST_MODEL, **overrides.pop("model", {})}
     # Free-text queries unless a test asks for diagnoses: the random model's short budget cannot finish a JSON one.
     diagnostics = {"structured": False, **overrides.pop("diagnostics", {})}
-    state_dir = overrides.pop("state_dir", None) or tempfile.mkdtemp(prefix="edged-state-")  # each daemon its own ledger
+    state_dir = overrides.pop("state_dir", None) or tempfile.mkdtemp(
+        prefix="edged-state-"
+    )  # each daemon its own ledger
     return Settings(node_id=node, mqtt=mqtt, model=model, diagnostics=diagnostics, state_dir=state_dir, **overrides)
 
 
@@ -91,9 +93,11 @@ def start_daemon(broker, engine, tiny_model_dir) -> Iterator[Callable[..., Any]]
 
     started: list[Daemon] = []
 
-    def start(settings: Settings | None = None, *, own_engine: bool = False, use_engine: Any = None, **overrides: Any) -> Daemon:
+    def start(
+        settings: Settings | None = None, *, own_engine: bool = False, use_engine: Any = None, **overrides: Any
+    ) -> Daemon:
         """``own_engine``: load the model with these settings (load-time options); ``use_engine``: this one."""
-        from edged.engine import MlxEngine
+        from edged.engine.mlx import MlxEngine
 
         factory = (lambda s: MlxEngine(s.model)) if own_engine else (lambda _s: use_engine or engine)
         daemon = Daemon(settings or make_settings(tiny_model_dir, **overrides), factory)
@@ -109,7 +113,7 @@ def start_daemon(broker, engine, tiny_model_dir) -> Iterator[Callable[..., Any]]
 
 @pytest.fixture
 def client_for(broker) -> Iterator[Callable[..., Any]]:
-    from edged.client import EdgedClient
+    from edged.bus.client import EdgedClient
 
     clients: list[EdgedClient] = []
 

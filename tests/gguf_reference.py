@@ -88,7 +88,9 @@ class ReferenceLlama:
 @lru_cache(maxsize=1)
 def _byte_map() -> dict[int, str]:
     """GPT-2's reversible byte -> printable character table."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    keep = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     chars, extra = list(keep), 0
     for b in range(256):
         if b not in keep:
@@ -104,7 +106,9 @@ class ReferenceBPE:
     def __init__(self, meta: dict):
         self.vocab = {tok: i for i, tok in enumerate(meta["tokenizer.ggml.tokens"])}
         self.ranks = {tuple(m.split(" ", 1)): r for r, m in enumerate(meta["tokenizer.ggml.merges"])}
-        self.special = [tok for tok, ty in zip(meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.token_type"]) if ty == 3]
+        self.special = [
+            tok for tok, ty in zip(meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.token_type"]) if ty == 3
+        ]
 
     def _bpe(self, word: str) -> list[str]:
         parts = list(word)

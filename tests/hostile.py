@@ -10,27 +10,63 @@ from edged.protocol import _unpublishable
 
 # Strings that look like topics, filters or broker-reserved names: in fields they must stay data.
 TOPIC_SHAPED = [
-    "#", "+", "+/+", "a/#", "/", "//", "$SYS/broker/uptime", "$share/g/edged/x/command", "edged/+/command",
-    "edged/other/command", "zigbee2mqtt/porch_light/set", "a\x00b", "a\x01b", "a\x7fb", "a\u0085b",
-    "a\ufffeb", "\U0010ffff", "a\ud800b", "t" * 600, "reply/\u2028/x",
-]  # fmt: skip
+    "#",
+    "+",
+    "+/+",
+    "a/#",
+    "/",
+    "//",
+    "$SYS/broker/uptime",
+    "$share/g/edged/x/command",
+    "edged/+/command",
+    "edged/other/command",
+    "zigbee2mqtt/porch_light/set",
+    "a\x00b",
+    "a\x01b",
+    "a\x7fb",
+    "a\u0085b",
+    "a\ufffeb",
+    "\U0010ffff",
+    "a\ud800b",
+    "t" * 600,
+    "reply/\u2028/x",
+]
 CONTROL = "".join(chr(c) for c in [*range(0, 32), 127, *range(0x80, 0xA0)])
 
 weird_text = st.one_of(
     st.text(max_size=200),
     st.text(alphabet=CONTROL, min_size=1, max_size=50),
     st.sampled_from(TOPIC_SHAPED),
-    st.text(alphabet=st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), min_size=1, max_size=4),  # lone surrogates
+    st.text(
+        alphabet=st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), min_size=1, max_size=4
+    ),  # lone surrogates
 )
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True, allow_infinity=True), weird_text,
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    weird_text,
     st.integers(min_value=10**20, max_value=10**40),
-)  # fmt: skip
-json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(weird_text, inner, max_size=4),
-                           max_leaves=12)  # fmt: skip
+)
+json_values = st.recursive(
+    scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(weird_text, inner, max_size=4), max_leaves=12
+)
 
-FIELDS = ["id", "text", "session", "think", "include_reasoning", "reply_to", "context", "deadline_ms", "dispatch",
-          "client", "priority", "token"]  # fmt: skip
+FIELDS = [
+    "id",
+    "text",
+    "session",
+    "think",
+    "include_reasoning",
+    "reply_to",
+    "context",
+    "deadline_ms",
+    "dispatch",
+    "client",
+    "priority",
+    "token",
+]
 
 
 def _dumps(obj: object) -> bytes:
@@ -72,13 +108,19 @@ def payloads(reply_topics: list[str]) -> st.SearchStrategy[bytes]:
         st.sampled_from(TOPIC_SHAPED).map(lambda t: t.encode("utf-8", "surrogatepass")),  # topic-shaped text
         st.integers(min_value=1, max_value=200_000).map(deep_nesting),
         st.integers(min_value=30, max_value=6_000).map(huge_number),
-        st.sampled_from([10, 60_000, 70_000, 300_000]).map(enormous_context),  # under/over the context and payload limits
+        st.sampled_from([10, 60_000, 70_000, 300_000]).map(
+            enormous_context
+        ),  # under/over the context and payload limits
         json_values.map(_dumps),  # any JSON value (arrays, numbers, strings at top level)
         request_objects(reply_topics),
     )
 
 
 user_properties = st.lists(
-    st.tuples(st.sampled_from(["client", "priority", "x"]), st.one_of(st.sampled_from(["panel-1", "high", "low"]), weird_text)),
+    st.tuples(
+        st.sampled_from(["client", "priority", "x"]), st.one_of(st.sampled_from(["panel-1", "high", "low"]), weird_text)
+    ),
     max_size=3,
-).map(lambda props: [(k, v) for k, v in props if not any(_unpublishable(c) for c in v)])  # the broker drops a client sending these
+).map(
+    lambda props: [(k, v) for k, v in props if not any(_unpublishable(c) for c in v)]
+)  # the broker drops a client sending these

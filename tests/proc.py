@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 RUN_TIMEOUT = 60
@@ -22,7 +21,7 @@ def write_config(path: Path, model_dir: Path, node_id: str, extra: str = "") -> 
         f"""
 node_id = "{node_id}"
 shutdown_grace_s = 30
-state_dir = "{path.parent / 'state'}"
+state_dir = "{path.parent / "state"}"
 
 [mqtt]
 session_expiry_s = 300
@@ -64,7 +63,9 @@ class Edged:
         self._logged = threading.Condition()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "edged.cli", "run", "--config", str(config)],
-            stdout=self._log if direct else subprocess.PIPE, stderr=self._log if direct else subprocess.STDOUT, env=env,
+            stdout=self._log if direct else subprocess.PIPE,
+            stderr=self._log if direct else subprocess.STDOUT,
+            env=env,
         )
         self._drainer = threading.Thread(target=self._drain, daemon=True)
         self._drainer.start()
@@ -111,11 +112,19 @@ class Mosquitto:
     ``lines`` collects what the broker logs (connections, TLS errors, ACL denials).
     """
 
-    def __init__(self, port: int, workdir: Path, extra_conf: str = "allow_anonymous true\n", *, persistent: bool = False):
+    def __init__(
+        self, port: int, workdir: Path, extra_conf: str = "allow_anonymous true\n", *, persistent: bool = False
+    ):
         self.port = port
         self.conf = workdir / "mosquitto.conf"
-        saved = (f"persistence true\npersistence_location {workdir}/\nautosave_on_changes true\nautosave_interval 1\n"
-                 f"user {pwd.getpwuid(os.getuid()).pw_name}\n")  if persistent else ""  # as root: keep root, to write in workdir
+        saved = (
+            (
+                f"persistence true\npersistence_location {workdir}/\nautosave_on_changes true\nautosave_interval 1\n"
+                f"user {pwd.getpwuid(os.getuid()).pw_name}\n"
+            )
+            if persistent
+            else ""
+        )  # as root: keep root, to write in workdir
         self.conf.write_text(f"listener {port} 127.0.0.1\nlog_dest stderr\n{saved}{extra_conf}")
         self.proc: subprocess.Popen | None = None
         self.lines: list[str] = []
@@ -175,17 +184,25 @@ max_tokens = 8
 
 
 def secure_broker_conf(
-    *, ca_file: Path, cert_file: Path, key_file: Path, password_file: Path | None = None, acl_file: Path | None = None,
+    *,
+    ca_file: Path,
+    cert_file: Path,
+    key_file: Path,
+    password_file: Path | None = None,
+    acl_file: Path | None = None,
     require_certificate: bool = True,
 ) -> str:
     """Mosquitto settings for a TLS listener (1.2 or newer) with client certificates, passwords and an ACL."""
     lines = [
         # As root, mosquitto would switch to its own user, which cannot read the test's files.
         f"user {pwd.getpwuid(os.geteuid()).pw_name}",
-        f"cafile {ca_file}", f"certfile {cert_file}", f"keyfile {key_file}", "tls_version tlsv1.2",
+        f"cafile {ca_file}",
+        f"certfile {cert_file}",
+        f"keyfile {key_file}",
+        "tls_version tlsv1.2",
         f"require_certificate {'true' if require_certificate else 'false'}",
         "allow_anonymous false",
-    ]  # fmt: skip
+    ]
     if password_file is not None:
         lines.append(f"password_file {password_file}")
     if acl_file is not None:

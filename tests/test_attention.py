@@ -1,4 +1,4 @@
-"""CPU attention (edged.attention) and the ragged batch cache (edged.batch_cache) against mlx's own."""
+"""CPU attention (edged.engine.attention) and the ragged batch cache (edged.engine.batch_cache) against mlx's own."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from mlx_lm.models.cache import KVCache
 
-from edged.attention import attention, fast_exp
-from edged.batch_cache import RaggedKVCache
+from edged.engine.attention import attention, fast_exp
+from edged.engine.batch_cache import RaggedKVCache
 
 
 def test_fast_exp_matches_exp_in_float32():
@@ -20,7 +20,11 @@ def test_fast_exp_matches_exp_in_float32():
 
 def _qkv(b, hq, hk, m, length, seed=0):
     mx.random.seed(seed)
-    return mx.random.normal((b, hq, m, 64)), mx.random.normal((b, hk, length, 64)), mx.random.normal((b, hk, length, 64))
+    return (
+        mx.random.normal((b, hq, m, 64)),
+        mx.random.normal((b, hk, length, 64)),
+        mx.random.normal((b, hk, length, 64)),
+    )
 
 
 @pytest.mark.parametrize("hq,hk", [(9, 3), (4, 4)])

@@ -37,10 +37,25 @@ def _run_cli(args: list[str], broker: tuple[str, int], tmp_path: Path, *, timeou
     out = tmp_path / "out.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGED_")}
     proc = subprocess.run(
-        [sys.executable, "-m", "edged.cli", *args, "--json", str(out), "--workdir", str(tmp_path / "work"),
-         "--host", broker[0], "--port", str(broker[1])],
-        capture_output=True, text=True, timeout=timeout, env=env,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "edged.cli",
+            *args,
+            "--json",
+            str(out),
+            "--workdir",
+            str(tmp_path / "work"),
+            "--host",
+            broker[0],
+            "--port",
+            str(broker[1]),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout, json.loads(out.read_text())
 
@@ -73,16 +88,41 @@ def test_bench_quick_reports_every_figure(broker, tiny_model_dir: Path, tmp_path
     assert doc["llama_cpp"] is None and any("llama.cpp column" in n for n in doc["notes"])
     r = doc["ratios"]
     assert _positive(r["p50_vs_baseline"]) and _positive(r["throughput_8_vs_1"]) and r["p50_vs_llama_cpp"] is None
-    assert [t["key"] for t in doc["targets"]] == ["p50_vs_baseline", "p50_vs_llama_cpp", "during_query_p95_vs_idle",
-                                                  "throughput_8_vs_1", "overhead_share"]  # fmt: skip
+    assert [t["key"] for t in doc["targets"]] == [
+        "p50_vs_baseline",
+        "p50_vs_llama_cpp",
+        "during_query_p95_vs_idle",
+        "throughput_8_vs_1",
+        "overhead_share",
+    ]
     assert all(t["met"] in (True, False, None) for t in doc["targets"])
     assert len(doc["samples"]["idle"]) == 3 and all(s["usage"]["prompt_tokens"] > 0 for s in doc["samples"]["idle"])
 
 
-def test_bench_diagnostics_reports_tokens_progress_and_the_thinking_budget(broker, tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_bench_diagnostics_reports_tokens_progress_and_the_thinking_budget(
+    broker, tiny_model_dir: Path, tmp_path: Path
+) -> None:
     """The random Qwen3 never writes </think>: every query's block is closed by the budget, and counted so."""
-    stdout, doc = _run_cli(["bench-diagnostics", "--model", str(tiny_model_dir), "--queries", "2", "--steps", "4", "--interval", "0",
-                            "--thinking-budget", "16", "--think-max-tokens", "1024"], broker, tmp_path, timeout=300)  # fmt: skip
+    stdout, doc = _run_cli(
+        [
+            "bench-diagnostics",
+            "--model",
+            str(tiny_model_dir),
+            "--queries",
+            "2",
+            "--steps",
+            "4",
+            "--interval",
+            "0",
+            "--thinking-budget",
+            "16",
+            "--think-max-tokens",
+            "1024",
+        ],
+        broker,
+        tmp_path,
+        timeout=300,
+    )
     assert "</think> closed by" in stdout and "example result" in stdout
     s = doc["summary"]
     assert s["queries"] == 2 and s["mode"] == ["think"]
@@ -90,4 +130,6 @@ def test_bench_diagnostics_reports_tokens_progress_and_the_thinking_budget(broke
     assert _positive(s["first_progress_ms_p50"]) and s["first_progress_ms_p50"] <= s["latency_ms_p50"]
     assert doc["readings"] == 4 * 5 * 4 and doc["ten_sensors"]["sensors"] == 10
     assert doc["ten_sensors"]["prompt_tokens"] > s["prompt_tokens"] > 0  # ten sensors cost more than pump 3's five
-    assert all(r["result"]["result"]["sensors"][0].startswith("pump_3/") for r in doc["runs"] if r["result"]["status"] == "ok")
+    assert all(
+        r["result"]["result"]["sensors"][0].startswith("pump_3/") for r in doc["runs"] if r["result"]["status"] == "ok"
+    )

@@ -1,4 +1,4 @@
-"""MLX's float32 products on Linux go through edged._blasshim to the wheel's OpenBLAS, and give the
+"""MLX's float32 products on Linux go through edged.engine._blasshim to the wheel's OpenBLAS, and give the
 sums numpy gives, one-row products (sent to sgemv) and wider ones (sgemm), every transposition."""
 
 from __future__ import annotations
@@ -11,19 +11,23 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from edged.blas import loaded_blas
+from edged.engine.blas import loaded_blas
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="macOS uses Accelerate")
 
 
 def _shim() -> ctypes.CDLL:
-    spec = importlib.util.find_spec("edged._blasshim")
-    assert spec is not None and spec.origin, "edged._blasshim was not built (is a C compiler installed?)"
+    spec = importlib.util.find_spec("edged.engine._blasshim")
+    assert spec is not None and spec.origin, "edged.engine._blasshim was not built (is a C compiler installed?)"
     return ctypes.CDLL(spec.origin)
 
 
 def test_the_wheels_openblas_is_bound_through_the_shim():
-    assert loaded_blas() is not None and "scipy_openblas" in loaded_blas() and loaded_blas().endswith("via edged._blasshim")
+    assert (
+        loaded_blas() is not None
+        and "scipy_openblas" in loaded_blas()
+        and loaded_blas().endswith("via edged.engine._blasshim")
+    )
     resolved = ctypes.cast(ctypes.CDLL(None).cblas_sgemm, ctypes.c_void_p).value
     assert resolved == ctypes.cast(_shim().cblas_sgemm, ctypes.c_void_p).value  # the global scope answers with ours
 

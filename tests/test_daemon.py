@@ -68,7 +68,11 @@ def test_reply_to_beats_response_topic(start_daemon, client_for):
     reply_to, response_topic = f"r/{uuid.uuid4().hex}", f"p/{uuid.uuid4().hex}"
     c.subscribe(reply_to)
     c.subscribe(response_topic)
-    c.publish(f"{d.base}/command", json.dumps({"id": "r1", "text": "lights on", "reply_to": reply_to}), response_topic=response_topic)
+    c.publish(
+        f"{d.base}/command",
+        json.dumps({"id": "r1", "text": "lights on", "reply_to": reply_to}),
+        response_topic=response_topic,
+    )
     assert c.wait_for(lambda m: m.topic == reply_to).json()["id"] == "r1"
     assert c.messages(response_topic) == []
 
@@ -155,7 +159,12 @@ def test_error_keeps_a_valid_id_and_reply_to(start_daemon, client_for):
     c.subscribe(reply)
     c.publish(f"{d.base}/query", json.dumps({"id": "abc-1", "reply_to": reply, "text": "x", "bogus": 1}))
     body = c.wait_for(lambda m: m.topic == reply).json()
-    assert (body["id"], body["status"], body["error"]["code"], body["kind"]) == ("abc-1", "error", "unknown_field", "query")
+    assert (body["id"], body["status"], body["error"]["code"], body["kind"]) == (
+        "abc-1",
+        "error",
+        "unknown_field",
+        "query",
+    )
 
 
 def test_unknown_topic_is_answered_with_an_error(start_daemon, client_for):
@@ -257,7 +266,9 @@ def test_warm_up_fills_the_prompt_cache_before_going_online(start_daemon, client
     registry = Path(__file__).resolve().parent.parent / "config" / "registry-home.toml"
     cached = {}
     for warm in (False, True):  # each its own engine: an empty prefix cache
-        d = start_daemon(own_engine=True, model={"warm_up": warm}, devices={"registry": str(registry), "dispatch": False})
+        d = start_daemon(
+            own_engine=True, model={"warm_up": warm}, devices={"registry": str(registry), "dispatch": False}
+        )
         first = client_for(d.base, timeout=120).request("command", {"text": "turn on the kitchen lights"})
         cached[warm] = (first["usage"]["cached_tokens"], first["usage"]["prompt_tokens"])
     assert cached[False][0] == 0

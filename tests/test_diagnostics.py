@@ -9,13 +9,13 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from conftest import make_settings
-from edged import simulator
-from edged.diagnosis import Diagnostics, diagnosis_model, telemetry_block
-from edged.registry import load_registry
-from edged.summaries import citable, relevant, slope_per_minute, summarise
-from edged.telemetry import SensorSpec, TelemetrySettings, TelemetryStore, read_value
+
+from edged.devices.registry import load_registry
+from edged.diagnostics import simulator
+from edged.diagnostics.diagnosis import Diagnostics, diagnosis_model, telemetry_block
+from edged.diagnostics.summaries import citable, relevant, slope_per_minute, summarise
+from edged.diagnostics.telemetry import SensorSpec, TelemetrySettings, TelemetryStore, read_value
 
 
 def test_read_value_from_bare_numbers_and_json_paths():
@@ -75,8 +75,12 @@ def test_relevance_by_name_context_or_abnormality():
     series = store.series()
     sums = [summarise(s, now[0]) for s in series]
     assert [s.key for s in relevant(sums, series, "why is pump 4 noisy?", None, limit=5)] == ["pump_4/vibration"]
-    assert [s.key for s in relevant(sums, series, "anything odd?", {"sensors": ["pump_1/vibration"]}, limit=5)] == ["pump_1/vibration"]
-    assert [s.key for s in relevant(sums, series, "anything odd?", None, limit=5)] == ["pump_3/vibration"]  # out of range
+    assert [s.key for s in relevant(sums, series, "anything odd?", {"sensors": ["pump_1/vibration"]}, limit=5)] == [
+        "pump_1/vibration"
+    ]
+    assert [s.key for s in relevant(sums, series, "anything odd?", None, limit=5)] == [
+        "pump_3/vibration"
+    ]  # out of range
 
 
 def test_relevance_by_registry_names_areas_plurals_and_typos():
@@ -94,12 +98,16 @@ def test_relevance_by_registry_names_areas_plurals_and_typos():
         return diag.prepare(text, context=None, history=()).sensors
 
     assert asked("is anything wrong in the tank farm?") == ["pump_2/vibration", "pump_3/vibration"]  # the area's pumps
-    assert asked("how is the circulation pump?") == asked("how is the circulaton pump?") == ["pump_3/vibration"]  # alias, typo
+    assert (
+        asked("how is the circulation pump?") == asked("how is the circulaton pump?") == ["pump_3/vibration"]
+    )  # alias, typo
     assert asked("why is pump3 vibrating") == ["pump_3/vibration"]
     assert asked("what about pumps 1 and 2?") == ["pump_1/vibration", "pump_2/vibration"]
     assert asked("is the feed pump ok?") == ["pump_1/vibration"]
     assert asked("is the train late?") == []  # not "drain"; nothing abnormal either
-    assert [s.key for s in relevant(sums, series, "and pump 4?", None, limit=5)] == ["pump_4/vibration"]  # no registry: ids
+    assert [s.key for s in relevant(sums, series, "and pump 4?", None, limit=5)] == [
+        "pump_4/vibration"
+    ]  # no registry: ids
 
 
 def test_severity_is_never_below_what_edged_flagged():
@@ -108,9 +116,18 @@ def test_severity_is_never_below_what_edged_flagged():
     store = _store(lambda: now[0])
     store.ingest("plant/pump_3/vibration", b'{"value": 9.0}')
     store.ingest("plant/pump_1/vibration", b'{"value": 2.0}')
-    query = Diagnostics(store, budget_tokens=600, max_sensors=5, clock=lambda: now[0]).prepare("pump 3?", context=None, history=())
+    query = Diagnostics(store, budget_tokens=600, max_sensors=5, clock=lambda: now[0]).prepare(
+        "pump 3?", context=None, history=()
+    )
     assert query.floor == "warning"
-    answer = {"summary": "fine", "severity": "ok", "findings": [], "likely_causes": [], "recommended_actions": [], "data_gaps": []}
+    answer = {
+        "summary": "fine",
+        "severity": "ok",
+        "findings": [],
+        "likely_causes": [],
+        "recommended_actions": [],
+        "data_gaps": [],
+    }
     result, problem = query.outcome(json.dumps(answer))
     assert problem is None and result["diagnosis"]["severity"] == "warning" and result["severity_floor"] == "warning"
     assert result["notes"] == ["severity raised from ok to warning: edged flagged pump_3/vibration"]
@@ -125,15 +142,23 @@ def test_severity_is_never_below_what_edged_flagged():
 
 def test_diagnosis_schema_only_cites_shown_sensors():
     model = diagnosis_model({"pump_3/vibration": [7.9, 4.5], "pump_1/vibration": []})
-    good = {"summary": "s", "severity": "warning", "findings": [{"sensor": "pump_3/vibration", "value": 7.9, "note": "high"}],
-            "likely_causes": [{"cause": "bearing wear", "confidence": 0.7}], "recommended_actions": [{"action": "inspect"}],
-            "data_gaps": []}  # fmt: skip
+    good = {
+        "summary": "s",
+        "severity": "warning",
+        "findings": [{"sensor": "pump_3/vibration", "value": 7.9, "note": "high"}],
+        "likely_causes": [{"cause": "bearing wear", "confidence": 0.7}],
+        "recommended_actions": [{"action": "inspect"}],
+        "data_gaps": [],
+    }
     assert model.model_validate(good)
     with pytest.raises(ValueError):
         model.model_validate({**good, "findings": [{"sensor": "pump_9/vibration", "value": 1, "note": ""}]})
     with pytest.raises(ValueError):
         model.model_validate({**good, "severity": "apocalyptic"})
-    for sensor, value in (("pump_3/vibration", 8.0), ("pump_1/vibration", 7.9)):  # a number not shown; no readings shown
+    for sensor, value in (
+        ("pump_3/vibration", 8.0),
+        ("pump_1/vibration", 7.9),
+    ):  # a number not shown; no readings shown
         with pytest.raises(ValueError):
             model.model_validate({**good, "findings": [{"sensor": sensor, "value": value, "note": ""}]})
 
@@ -159,20 +184,29 @@ def test_recommended_actions_may_name_only_the_shown_devices_registry_actions():
         return {**base, "recommended_actions": [{"action": "slow it down", "do": do}]}
 
     assert model.model_validate(step({"device": "pump_3", "action": "set_speed", "params": {"speed": 40}}))
-    assert model.model_validate({**base, "recommended_actions": [{"action": "inspect the bearing"}]})  # "do" is optional
-    for wrong in ({"device": "pump_1", "action": "stop", "params": {}},  # not shown
-                  {"device": "pump_3", "action": "open", "params": {}},  # not its action
-                  {"device": "pump_3", "action": "set_speed", "params": {"speed": 400}}):  # out of range
+    assert model.model_validate(
+        {**base, "recommended_actions": [{"action": "inspect the bearing"}]}
+    )  # "do" is optional
+    for wrong in (
+        {"device": "pump_1", "action": "stop", "params": {}},  # not shown
+        {"device": "pump_3", "action": "open", "params": {}},  # not its action
+        {"device": "pump_3", "action": "set_speed", "params": {"speed": 400}},
+    ):  # out of range
         with pytest.raises(ValueError):
             model.model_validate(step(wrong))
-    unrelated = Diagnostics(store, budget_tokens=600, max_sensors=5, clock=lambda: now[0]).prepare(
-        "why is pump 3 vibrating?", context=None, history=()).model
+    unrelated = (
+        Diagnostics(store, budget_tokens=600, max_sensors=5, clock=lambda: now[0])
+        .prepare("why is pump 3 vibrating?", context=None, history=())
+        .model
+    )
     with pytest.raises(ValueError):  # no registry: free-text steps only
         unrelated.model_validate(step({"device": "pump_3", "action": "stop", "params": {}}))
 
 
-SENSORS = [{"id": "vibration", "topic": "{p}/+/vibration", "path": "value", "unit": "mm/s", "normal_max": 4.5},
-           {"id": "bearing_temp", "topic": "{p}/+/bearing_temp", "path": "value", "unit": "°C", "normal_max": 70}]  # fmt: skip
+SENSORS = [
+    {"id": "vibration", "topic": "{p}/+/vibration", "path": "value", "unit": "mm/s", "normal_max": 4.5},
+    {"id": "bearing_temp", "topic": "{p}/+/bearing_temp", "path": "value", "unit": "°C", "normal_max": 70},
+]
 THINK = {"temperature": 0.6, "top_p": 0.95, "top_k": 20, "max_tokens": 2048, "thinking_budget": 16}
 
 
@@ -181,8 +215,12 @@ def line(start_daemon, client_for):
     """edged with telemetry from a private topic prefix, structured diagnoses on, readings from the simulator."""
     prefix = f"line-{uuid.uuid4().hex[:8]}"
     sensors = [{k: (v.format(p=prefix) if k == "topic" else v) for k, v in s.items()} for s in SENSORS]
-    d = start_daemon(telemetry={"sensors": sensors}, model={"think": THINK}, devices={"registry": str(PLANT), "dispatch": False},
-                     diagnostics={"structured": True, "progress_interval_s": 0.2})  # fmt: skip
+    d = start_daemon(
+        telemetry={"sensors": sensors},
+        model={"think": THINK},
+        devices={"registry": str(PLANT), "dispatch": False},
+        diagnostics={"structured": True, "progress_interval_s": 0.2},
+    )
     c = client_for(d.base, timeout=120)
     n = simulator.run(c.publish, prefix, 4, fault="bearing", fault_pump=3, steps=6, interval_s=0, wait=lambda _s: None)
     c.publish(f"{prefix}/pump_1/vibration", b"not a number")
@@ -242,8 +280,11 @@ def test_smollm2_grounds_a_diagnosis_in_the_anomalous_readings(start_daemon, smo
     """A real small model (no thinking mode) answers the schema directly and cites the faulty pump's numbers."""
     prefix = f"line-{uuid.uuid4().hex[:8]}"
     sensors = [{k: (v.format(p=prefix) if k == "topic" else v) for k, v in s.items()} for s in SENSORS]
-    model = {"path": str(smollm2_dir), "name": "SmolLM2-135M-Instruct",
-             "no_think": {"temperature": 0.0, "top_p": 1.0, "top_k": 0, "max_tokens": 700}}  # fmt: skip
+    model = {
+        "path": str(smollm2_dir),
+        "name": "SmolLM2-135M-Instruct",
+        "no_think": {"temperature": 0.0, "top_p": 1.0, "top_k": 0, "max_tokens": 700},
+    }
     settings = make_settings(smollm2_dir, model=model, telemetry={"sensors": sensors}, diagnostics={"structured": True})
     d = start_daemon(settings, use_engine=smol_engine)
     c = client_for(d.base, timeout=300)
@@ -251,7 +292,10 @@ def test_smollm2_grounds_a_diagnosis_in_the_anomalous_readings(start_daemon, smo
     r = c.request("query", {"text": "why is pump 3 vibrating?"})
     assert r["status"] == "ok" and r["mode"] == "no_think", r
     last = {s.key: s.samples[-1][1] for s in d.telemetry.series()}
-    assert r["result"]["severity_floor"] == "warning" and r["result"]["diagnosis"]["severity"] in ("warning", "critical")
+    assert r["result"]["severity_floor"] == "warning" and r["result"]["diagnosis"]["severity"] in (
+        "warning",
+        "critical",
+    )
     cited = {(f["sensor"], f["value"]) for f in r["result"]["diagnosis"]["findings"]}
     assert any(sensor.startswith("pump_3/") and abs(value - last[sensor]) < 0.01 for sensor, value in cited), cited
 

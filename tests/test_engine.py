@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import TEST_MODEL
 
-from edged.model_files import ModelNotFound, resolve_model_path
+from edged.models.files import ModelNotFound, resolve_model_path
 from edged.prompts import build_messages
 from edged.settings import ModelSettings
-from conftest import TEST_MODEL
 
 MESSAGES = build_messages("command", "turn off the kitchen lights")
 SETTINGS = ModelSettings(path="unused", **TEST_MODEL)
@@ -85,7 +85,7 @@ def test_directory_without_config_is_refused(tmp_path):
 
 def test_prefix_cache_reuses_the_system_prompt_and_changes_nothing(engine, tiny_model_dir):
     """The second request with the same system text is served from the cache, with identical greedy tokens."""
-    from edged.engine import MlxEngine
+    from edged.engine.mlx import MlxEngine
     from edged.settings import NoThinkSampling
 
     greedy = NoThinkSampling(temperature=0.0, max_tokens=12)
@@ -93,7 +93,9 @@ def test_prefix_cache_reuses_the_system_prompt_and_changes_nothing(engine, tiny_
     messages = [{"role": "system", "content": long_system}, {"role": "user", "content": "is pump 3 fine?"}]
     first = engine.generate(messages, "no_think", greedy)
     second = engine.generate(messages, "no_think", greedy)
-    uncached = MlxEngine(ModelSettings(path=str(tiny_model_dir), prefix_cache_mb=0, **TEST_MODEL)).generate(messages, "no_think", greedy)
+    uncached = MlxEngine(ModelSettings(path=str(tiny_model_dir), prefix_cache_mb=0, **TEST_MODEL)).generate(
+        messages, "no_think", greedy
+    )
     assert second.cached_tokens > 32 and second.cached_tokens < second.prompt_tokens
     assert first.answer == second.answer == uncached.answer and uncached.cached_tokens == 0
 
@@ -101,7 +103,7 @@ def test_prefix_cache_reuses_the_system_prompt_and_changes_nothing(engine, tiny_
 def test_a_constrained_answer_near_its_token_limit_heads_for_a_valid_end(engine):
     """The random model never finishes a diagnosis in 120 tokens on its own (cut off mid-string: invalid).
     In the last tokens the grammar's closing tokens win, so every answer ends valid, by the grammar."""
-    from edged.diagnosis import diagnosis_model
+    from edged.diagnostics.diagnosis import diagnosis_model
 
     model = diagnosis_model({"pump_3/vibration": [8.06, 4.5]})
     sampling = SETTINGS.no_think.model_copy(update={"max_tokens": 120})
@@ -118,13 +120,18 @@ def test_a_constrained_answer_is_stop_exactly_when_it_is_whole(engine):
     schema = {
         "type": "object",
         "additionalProperties": False,
-        "properties": {"say": {"type": "string", "maxLength": 40}, "tags": {"type": "array", "items": {"type": "string"}}},
+        "properties": {
+            "say": {"type": "string", "maxLength": 40},
+            "tags": {"type": "array", "items": {"type": "string"}},
+        },
         "required": ["say", "tags"],
     }
     messages = build_messages("query", "why is pump 3 vibrating?")
     seen = set()
     for limit in range(1, 25):
-        gen = engine.generate(messages, "no_think", SETTINGS.no_think.model_copy(update={"max_tokens": limit}), schema=schema)
+        gen = engine.generate(
+            messages, "no_think", SETTINGS.no_think.model_copy(update={"max_tokens": limit}), schema=schema
+        )
         assert gen.completion_tokens <= limit
         try:
             json.loads(gen.answer)

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import uuid
 import signal
+import uuid
 from collections.abc import Iterator
 
 import pytest
+from conftest import make_settings
 from proc import Mosquitto, free_port
 from tally import Tally, log_events
-
-from conftest import make_settings
 from test_devices import GREEDY, SMALL
 
 pytestmark = pytest.mark.skipif(shutil.which("mosquitto") is None, reason="needs the mosquitto binary")
@@ -42,8 +41,11 @@ def daemon_on(engine, tiny_model_dir) -> Iterator:
 
     def start(port: int, *, notifier=None, wait: bool = True, **mqtt) -> Daemon:
         # One query at a time, so that requests queue behind the one generating.
-        settings = make_settings(tiny_model_dir, mqtt={"port": port, "reconnect_min_s": 1, "reconnect_max_s": 2, **mqtt},
-                                 model={"think": LONG_THINK, "scheduler": {"max_batch": 1}})  # fmt: skip
+        settings = make_settings(
+            tiny_model_dir,
+            mqtt={"port": port, "reconnect_min_s": 1, "reconnect_max_s": 2, **mqtt},
+            model={"think": LONG_THINK, "scheduler": {"max_batch": 1}},
+        )
         daemon = Daemon(settings, lambda _s: engine, notifier=notifier)
         started.append(daemon)
         daemon.start()
@@ -58,7 +60,7 @@ def daemon_on(engine, tiny_model_dir) -> Iterator:
 
 def _caller(daemon, broker: Mosquitto):
     """A caller with a persistent session: results published while the broker restarts are kept for it."""
-    from edged.client import EdgedClient
+    from edged.bus.client import EdgedClient
 
     client = EdgedClient(daemon.base, port=broker.port, timeout=120, session_expiry_s=300)
     client.subscribe(f"{daemon.base}/result/+")
@@ -123,8 +125,8 @@ def test_result_publish_unconfirmed_is_retried_not_lost(persistent_broker, daemo
 def test_broker_unreachable_at_start_up(tmp_path, daemon_on, notify_socket):
     """(d) No broker yet: edged retries with a doubling delay, logs each attempt and says so to systemd;
     once a broker listens on that port it connects and answers."""
-    from edged.client import EdgedClient
-    from edged.sdnotify import Notifier
+    from edged.bus.client import EdgedClient
+    from edged.ops.sdnotify import Notifier
 
     port = free_port()
     tally = Tally("broker_absent_at_start")
@@ -168,25 +170,35 @@ def test_copies_of_a_request_are_not_run_twice(start_daemon, client_for):
         tally.count(client)
         tally.assert_exactly_once()
         client.publish(f"{daemon.base}/query", json.dumps(body))  # and once more after the answer
-        replay = client.wait_for(lambda m: m.topic == f"{daemon.base}/result/same-1" and m.json().get("replayed")).json()
+        replay = client.wait_for(
+            lambda m: m.topic == f"{daemon.base}/result/same-1" and m.json().get("replayed")
+        ).json()
     first = tally.answers[0]
     assert replay == {**first, "replayed": True}
     assert [e["verdict"] for e in events.of("duplicate_request")] == ["pending", "replay"]
     assert [e["id"] for e in events.of("request_done")].count("same-1") == 1, "the model ran twice"
 
 
-def test_a_crash_after_the_dispatch_never_dispatches_again(start_daemon, smollm2_dir, smol_engine, client_for, tmp_path):
+def test_a_crash_after_the_dispatch_never_dispatches_again(
+    start_daemon, smollm2_dir, smol_engine, client_for, tmp_path
+):
     """The crash came after the device command and before the result: the ledger holds the request as taken on
     by the run that died, with its command claimed. The redelivered request is answered; nothing is sent again."""
-    from edged.ledger import Ledger, ledger_path
+    from edged.service.ledger import Ledger, ledger_path
 
     prefix = f"crash-{uuid.uuid4().hex[:8]}"
     registry = tmp_path / "registry.toml"
     registry.write_text(SMALL.read_text().replace("test-devices/", f"{prefix}/"))
-    settings = make_settings(smollm2_dir, model={"path": str(smollm2_dir), "name": "SmolLM2-135M-Instruct", "no_think": GREEDY},
-                             devices={"registry": str(registry)}, state_dir=str(tmp_path / "state"))  # fmt: skip
+    settings = make_settings(
+        smollm2_dir,
+        model={"path": str(smollm2_dir), "name": "SmolLM2-135M-Instruct", "no_think": GREEDY},
+        devices={"registry": str(registry)},
+        state_dir=str(tmp_path / "state"),
+    )
     rid, reply = "after-dispatch", f"{settings.base}/result/after-dispatch"
-    died = Ledger(ledger_path(settings.state_dir, settings.client_id), window_s=3600, max_rows=100)  # what the dead run left behind
+    died = Ledger(
+        ledger_path(settings.state_dir, settings.client_id), window_s=3600, max_rows=100
+    )  # what the dead run left behind
     died.admit(rid, reply, redelivered=False)
     died.claim(rid, reply, [(f"{prefix}/porch_light/set", b'{"state":"ON"}')])
     died.close()
@@ -200,6 +212,8 @@ def test_a_crash_after_the_dispatch_never_dispatches_again(start_daemon, smollm2
     tally.fence(client)
     tally.count(client)
     assert result["result"]["actions"] and not any(a["dispatched"] for a in result["result"]["actions"]), result
-    assert result["result"]["already_dispatched"] == [{"topic": f"{prefix}/porch_light/set", "payload": '{"state":"ON"}'}]
+    assert result["result"]["already_dispatched"] == [
+        {"topic": f"{prefix}/porch_light/set", "payload": '{"state":"ON"}'}
+    ]
     assert not [m for m in client.messages() if m.topic.startswith(prefix + "/")], "a device command went out again"
     tally.assert_exactly_once()

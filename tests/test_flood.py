@@ -21,7 +21,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from proc import Edged, Mosquitto, free_port, quick_work, write_config
 
-from edged.client import EdgedClient
+from edged.bus.client import EdgedClient
 
 pytestmark = pytest.mark.skipif(shutil.which("mosquitto") is None, reason="needs the mosquitto binary")
 
@@ -58,7 +58,9 @@ def publish_all(port: int, topic: str, payloads: list[bytes], *, window: int = 5
         if acked[0] == len(payloads):
             done.set()
 
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"flood-{uuid.uuid4().hex[:8]}", protocol=MQTTProtocolVersion.MQTTv5)
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=f"flood-{uuid.uuid4().hex[:8]}", protocol=MQTTProtocolVersion.MQTTv5
+    )
     client.max_inflight_messages_set(0)
     client.on_publish = on_publish
     client.connect("127.0.0.1", port)
@@ -89,7 +91,9 @@ def test_flood_is_answered_busy_with_bounded_memory(tmp_path, tiny_model_dir):
             first = c.count()
             ids = [f"f{i}" for i in range(FLOOD)]
             started = time.monotonic()
-            publish_all(broker.port, f"{base}/command", [json.dumps({"id": i, "text": "lights on"}).encode() for i in ids])
+            publish_all(
+                broker.port, f"{base}/command", [json.dumps({"id": i, "text": "lights on"}).encode() for i in ids]
+            )
             published_s = time.monotonic() - started
             c.nth(first + FLOOD - 1, timeout=90)  # FLOOD more results arrived
             answered_s = time.monotonic() - started
@@ -100,10 +104,14 @@ def test_flood_is_answered_busy_with_bounded_memory(tmp_path, tiny_model_dir):
         per_id = Counter(r["id"] for r in results)
         statuses = Counter(r["status"] if r["status"] == "ok" else r["error"]["code"] for r in results)
         growth_mb = (peak_kib - rss_idle_kib) / 1024
-        print(f"\nflood: {FLOOD} requests published in {published_s:.1f} s, all answered after {answered_s:.1f} s "
-              f"(edged used {cpu:.1f} s CPU): {dict(statuses)}")  # fmt: skip
-        print(f"flood: edged RSS idle {rss_idle_kib / 1024:.1f} MiB, peak {peak_kib / 1024:.1f} MiB (+{growth_mb:.1f} MiB), "
-              f"queue_size {QUEUE_SIZE}, receive_maximum 64")  # fmt: skip
+        print(
+            f"\nflood: {FLOOD} requests published in {published_s:.1f} s, all answered after {answered_s:.1f} s "
+            f"(edged used {cpu:.1f} s CPU): {dict(statuses)}"
+        )
+        print(
+            f"flood: edged RSS idle {rss_idle_kib / 1024:.1f} MiB, peak {peak_kib / 1024:.1f} MiB (+{growth_mb:.1f} MiB), "
+            f"queue_size {QUEUE_SIZE}, receive_maximum 64"
+        )
         assert set(per_id) == set(ids), f"{len(set(ids) - set(per_id))} requests unanswered"
         assert max(per_id.values()) == 1, "a request was answered twice"
         assert set(statuses) <= {"ok", "busy"} and statuses["busy"] > 0 and statuses["ok"] >= QUEUE_SIZE

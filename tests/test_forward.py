@@ -6,7 +6,7 @@ import mlx.core as mx
 import pytest
 from mlx_lm.models.cache import make_prompt_cache
 
-from edged.forward import Forward
+from edged.engine.forward import Forward
 
 
 @pytest.mark.parametrize("which", ["engine", "smol_engine"])

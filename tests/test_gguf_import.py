@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-
 from gguf_reference import ReferenceBPE, ReferenceLlama
 
 PROMPT = [
@@ -26,7 +25,7 @@ TOKEN_SAMPLES = [
 
 @pytest.fixture(scope="module")
 def reference():
-    from edged.models import demo_gguf
+    from edged.models.store import demo_gguf
 
     return ReferenceLlama(demo_gguf())
 
@@ -59,7 +58,9 @@ def test_logits_match_the_numpy_reference(imported, reference):
     ours = np.array(model(mx.array([ids]))[0].astype(mx.float32))
     ref = reference.logits(ids)
     diff = float(np.abs(ours - ref).max())
-    print(f"max |logit difference| over {len(ids)} positions: {diff:.5f} (logit range {ref.min():.1f}..{ref.max():.1f})")
+    print(
+        f"max |logit difference| over {len(ids)} positions: {diff:.5f} (logit range {ref.min():.1f}..{ref.max():.1f})"
+    )
     assert diff < 0.1  # fp16 scales vs float32 dequantisation; a wrong Q/K order gives errors of several units
     assert (ours.argmax(-1) == ref.argmax(-1)).all()
 
@@ -123,7 +124,9 @@ def test_k_quants_are_refused(tmp_path, capsys):
 
     src = tmp_path / "k.gguf"
     q6k = np.zeros(210, dtype=np.uint8)  # one Q6_K block: 256 weights in 210 bytes
-    _write_gguf(src, "llama", {"blk.0.ffn_down.weight": q6k}, {"blk.0.ffn_down.weight": (GGMLQuantizationType.Q6_K, (1, 210))})
+    _write_gguf(
+        src, "llama", {"blk.0.ffn_down.weight": q6k}, {"blk.0.ffn_down.weight": (GGMLQuantizationType.Q6_K, (1, 210))}
+    )
     assert main(["model", "import-gguf", str(src), str(tmp_path / "out")]) == 2
     assert "Q6_K" in capsys.readouterr().err
 
@@ -165,10 +168,19 @@ def _qwen3_gguf(tiny_model_dir, path):
     w.add_eos_token_id(config["eos_token_id"])
     w.add_chat_template(template)
     names = {v: k for k, v in {"token_embd": "model.embed_tokens", "output_norm": "model.norm"}.items()}
-    blocks = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-              "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
-              "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "mlp.gate_proj": "ffn_gate",
-              "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}  # fmt: skip
+    blocks = {
+        "self_attn.q_proj": "attn_q",
+        "self_attn.k_proj": "attn_k",
+        "self_attn.v_proj": "attn_v",
+        "self_attn.o_proj": "attn_output",
+        "self_attn.q_norm": "attn_q_norm",
+        "self_attn.k_norm": "attn_k_norm",
+        "input_layernorm": "attn_norm",
+        "post_attention_layernorm": "ffn_norm",
+        "mlp.gate_proj": "ffn_gate",
+        "mlp.up_proj": "ffn_up",
+        "mlp.down_proj": "ffn_down",
+    }
     for name, array in sorted(mx.load(str(tiny_model_dir / "model.safetensors")).items()):
         stem = name.rsplit(".", 1)[0]
         if stem in names:
@@ -188,8 +200,8 @@ def test_qwen3_gguf_round_trip(tiny_model_dir, tmp_path):
     import mlx.core as mx
     from mlx_lm import load
 
-    from edged.gguf_import import import_gguf
-    from edged.model_files import read_facts
+    from edged.models.files import read_facts
+    from edged.models.gguf_import import import_gguf
 
     _qwen3_gguf(tiny_model_dir, tmp_path / "tiny.gguf")
     out = import_gguf(tmp_path / "tiny.gguf", tmp_path / "imported")

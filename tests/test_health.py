@@ -9,8 +9,8 @@ from collections.abc import Callable
 import pytest
 from conftest import make_settings
 
-from edged.engine import Generation
-from edged.sdnotify import Notifier
+from edged.engine.mlx import Generation
+from edged.ops.sdnotify import Notifier
 
 
 class HungEngine:
@@ -23,11 +23,21 @@ class HungEngine:
         self.entered = threading.Event()
         self.release = threading.Event()
 
-    def generate(self, messages, mode, sampling, *, should_stop: Callable[[], bool], schema=None, **options) -> Generation:
+    def generate(
+        self, messages, mode, sampling, *, should_stop: Callable[[], bool], schema=None, **options
+    ) -> Generation:
         self.entered.set()
         self.release.wait(60)
-        return Generation(answer="done", reasoning=None, prompt_tokens=3, completion_tokens=1, reasoning_tokens=0,
-                          prefill_ms=1.0, decode_ms=1.0, finish_reason="stop")  # fmt: skip
+        return Generation(
+            answer="done",
+            reasoning=None,
+            prompt_tokens=3,
+            completion_tokens=1,
+            reasoning_tokens=0,
+            prefill_ms=1.0,
+            decode_ms=1.0,
+            finish_reason="stop",
+        )
 
     def count_tokens(self, text: str) -> int:
         return len(text.split())
@@ -38,8 +48,9 @@ def hung_daemon(broker, tiny_model_dir, notify_socket):
     from edged.app import Daemon
 
     engine = HungEngine()
-    settings = make_settings(tiny_model_dir, health={"stuck_after_s": 0.3, "check_interval_s": 0.05},
-                             model={"warm_up": False})  # a warm-up would hang in this engine before online
+    settings = make_settings(
+        tiny_model_dir, health={"stuck_after_s": 0.3, "check_interval_s": 0.05}, model={"warm_up": False}
+    )  # a warm-up would hang in this engine before online
     daemon = Daemon(settings, lambda _s: engine, notifier=Notifier(notify_socket.path))
     daemon.start()
     yield daemon, engine
@@ -87,7 +98,9 @@ def test_status_goes_online_stopping_offline(start_daemon, client_for):
     assert states[-2:] == ["stopping", "offline"]
 
 
-def test_starting_while_the_model_loads_and_requests_wait_for_it(broker, engine, tiny_model_dir, client_for, notify_socket):
+def test_starting_while_the_model_loads_and_requests_wait_for_it(
+    broker, engine, tiny_model_dir, client_for, notify_socket
+):
     """Connected first: status starting while the model loads; a request sent then is answered once it is loaded; READY=1 after."""
     from edged.app import Daemon
 
@@ -135,9 +148,15 @@ def test_stats_are_published_retained_every_interval(start_daemon, client_for, b
     c.publish(f"{d.base}/command", b"{not json")
     stats = _stats(c, d.base, lambda body: body["requests_total"] == 3)
     assert stats["requests"] == {"command": {"error": 1, "ok": 1}, "query": {"ok": 1}}
-    assert stats["latency_ms"]["command"] == {"count": 1, "p50": command["timing_ms"]["total"], "p95": command["timing_ms"]["total"]}
+    assert stats["latency_ms"]["command"] == {
+        "count": 1,
+        "p50": command["timing_ms"]["total"],
+        "p95": command["timing_ms"]["total"],
+    }
     assert stats["latency_ms"]["query"]["p95"] == query["timing_ms"]["total"]
-    assert stats["tokens_per_s"] > 0 and 0.0 <= stats["cache_hit_rate"] <= 1.0 and stats["cache_bytes"] > 0  # prefix cache
+    assert (
+        stats["tokens_per_s"] > 0 and 0.0 <= stats["cache_hit_rate"] <= 1.0 and stats["cache_bytes"] > 0
+    )  # prefix cache
     assert stats["queue_depth"] == 0 and stats["reconnects"] == 0 and stats["rss_bytes"] > 50 * 2**20
     assert stats["state"] == "online" and stats["uptime_s"] >= first["uptime_s"] and stats["window_s"] == 300
     with client_for(d.base) as late:  # a newcomer gets the last figures at once: retained
@@ -170,7 +189,10 @@ def test_home_assistant_discovery_describes_status_and_stats(start_daemon, clien
         assert len({cfg["unique_id"] for cfg in configs.values()}) == 10
         env = jinja2.Environment()
         for topic, cfg in configs.items():
-            assert topic == f"{prefix}/sensor/edged_{d.settings.node_id}/{cfg['unique_id'].rsplit(d.settings.node_id + '_')[1]}/config"
+            assert (
+                topic
+                == f"{prefix}/sensor/edged_{d.settings.node_id}/{cfg['unique_id'].rsplit(d.settings.node_id + '_')[1]}/config"
+            )
             source = cfg["state_topic"].rsplit("/", 1)[1]
             value = env.from_string(cfg["value_template"]).render(value_json=documents[source])
             if source == "stats" and cfg["unique_id"].endswith("query_p95"):
@@ -181,8 +203,13 @@ def test_home_assistant_discovery_describes_status_and_stats(start_daemon, clien
                 assert value == "online" and "availability" not in cfg  # the state sensor can show offline
             for availability in cfg.get("availability", []):
                 assert availability["topic"] == f"{d.base}/status"
-                assert env.from_string(availability["value_template"]).render(value_json=documents["status"]) == "online"
-            assert cfg["device"]["identifiers"] == [f"edged_{d.settings.node_id}"] and cfg["device"]["model"] == "tiny-qwen3-random"
+                assert (
+                    env.from_string(availability["value_template"]).render(value_json=documents["status"]) == "online"
+                )
+            assert (
+                cfg["device"]["identifiers"] == [f"edged_{d.settings.node_id}"]
+                and cfg["device"]["model"] == "tiny-qwen3-random"
+            )
     finally:
         for topic in configs:
             c.publish(topic, b"", retain=True)  # leave the shared broker clean

@@ -9,23 +9,33 @@ from pathlib import Path
 
 import pytest
 
-from edged.bus import Inbound
-from edged.commands import DeviceControl
-from edged.confirmations import Confirmations
-from edged.device_state import DeviceStates
-from edged.intake import Intake, Reply
-from edged.service import Job
-from edged.registry import RegistryStore
+from edged.bus.mqtt import Inbound
+from edged.devices.commands import DeviceControl
+from edged.devices.confirmations import Confirmations
+from edged.devices.registry import RegistryStore
+from edged.devices.state import DeviceStates
+from edged.diagnostics.telemetry import TelemetryStore
+from edged.service.handler import Job
+from edged.service.intake import Intake, Reply
 from edged.settings import Settings
-from edged.telemetry import TelemetryStore
 
 BASE = "edged/intake-test"
 
 
 def _inbound(suffix: str, body: dict, user_properties: tuple[tuple[str, str], ...] = ()) -> Inbound:
-    return Inbound(topic=f"{BASE}/{suffix}", payload=json.dumps(body).encode(), retained=False, dup=False,
-                   response_topic=None, correlation_data=None, expiry_s=None, received_at=time.monotonic(),
-                   mid=1, qos=1, user_properties=user_properties)  # fmt: skip
+    return Inbound(
+        topic=f"{BASE}/{suffix}",
+        payload=json.dumps(body).encode(),
+        retained=False,
+        dup=False,
+        response_topic=None,
+        correlation_data=None,
+        expiry_s=None,
+        received_at=time.monotonic(),
+        mid=1,
+        qos=1,
+        user_properties=user_properties,
+    )
 
 
 @pytest.fixture
@@ -40,7 +50,10 @@ def test_priority_defaults_by_kind_and_can_be_asked_for(intake):
     asked = intake.decide(_inbound("command", {"text": "on"}, (("priority", "low"),)))
     assert isinstance(asked, Job) and asked.priority == "low"
     # the payload field wins over the user property
-    assert intake.decide(_inbound("command", {"text": "on", "priority": "normal"}, (("priority", "low"),))).priority == "normal"
+    assert (
+        intake.decide(_inbound("command", {"text": "on", "priority": "normal"}, (("priority", "low"),))).priority
+        == "normal"
+    )
 
 
 def test_client_from_field_or_user_property(intake):
@@ -58,8 +71,12 @@ def test_bad_user_properties_are_refused_with_a_code(intake, props):
 
 def _guarded_intake() -> Intake:
     registry = Path(__file__).resolve().parent.parent / "config" / "registry-home.toml"
-    settings = Settings(node_id="intake-test", model={"path": "/nonexistent"}, devices={"registry": str(registry)},
-                        telemetry={"sensors": [{"id": "vibration", "topic": "plant/+/vibration"}]})  # fmt: skip
+    settings = Settings(
+        node_id="intake-test",
+        model={"path": "/nonexistent"},
+        devices={"registry": str(registry)},
+        telemetry={"sensors": [{"id": "vibration", "topic": "plant/+/vibration"}]},
+    )
     devices = DeviceControl(RegistryStore(registry), DeviceStates(), Confirmations(60), lambda _t, _p: None)
     return Intake(BASE, settings, devices=devices, telemetry=TelemetryStore(settings.telemetry))
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edged.commands import DeviceControl
-from edged.confirmations import Confirmations
-from edged.device_state import DeviceStates
-from edged.ledger import Ledger, Verdict, default_state_dir
-from edged.registry import RegistryStore
+from edged.devices.commands import DeviceControl
+from edged.devices.confirmations import Confirmations
+from edged.devices.registry import RegistryStore
+from edged.devices.state import DeviceStates
+from edged.service.ledger import Ledger, Verdict
+from edged.settings import default_state_dir
 
 SMALL = Path(__file__).resolve().parent / "data" / "registry-small.toml"
 PORCH_ON = json.dumps({"actions": [{"device": "porch_light", "action": "turn_on", "params": {}}], "say": "ok"})
@@ -25,7 +26,9 @@ def test_a_copy_in_progress_is_pending_and_released_with_the_original(tmp_path):
     assert ledger.admit("r1", "t/r1", redelivered=True, origin="copy-1").verdict is Verdict.PENDING
     assert ledger.admit("r1", "other/topic", redelivered=False).verdict is Verdict.NEW  # another caller's id space
     ledger.settle("r1", "t/r1", b'{"id":"r1","status":"ok"}')
-    assert ledger.admit("r1", "t/r1", redelivered=False, origin="copy-2").verdict is Verdict.PENDING  # result not confirmed yet
+    assert (
+        ledger.admit("r1", "t/r1", redelivered=False, origin="copy-2").verdict is Verdict.PENDING
+    )  # result not confirmed yet
     assert ledger.confirmed("r1", "t/r1") == ["copy-1", "copy-2"]
     assert ledger.state("r1", "t/r1") == "sent"
 
@@ -34,7 +37,9 @@ def test_another_request_reusing_an_id_is_a_conflict_not_a_copy(tmp_path):
     ledger = _ledger(tmp_path)
     assert ledger.admit("r1", "t/r1", redelivered=False, digest="aaa").verdict is Verdict.NEW
     assert ledger.admit("r1", "t/r1", redelivered=False, digest="bbb").verdict is Verdict.CONFLICT
-    assert ledger.admit("r1", "t/r1", redelivered=True, digest="aaa").verdict is Verdict.PENDING  # the same request again
+    assert (
+        ledger.admit("r1", "t/r1", redelivered=True, digest="aaa").verdict is Verdict.PENDING
+    )  # the same request again
     ledger.settle("r1", "t/r1", b'{"id":"r1","status":"ok"}')
     ledger.confirmed("r1", "t/r1")
     assert ledger.admit("r1", "t/r1", redelivered=False, digest="bbb").verdict is Verdict.CONFLICT  # answered or not
@@ -96,8 +101,13 @@ def test_device_control_never_dispatches_a_request_twice_across_a_restart(tmp_pa
     published: list[tuple[str, bytes]] = []
 
     def control(ledger: Ledger) -> DeviceControl:
-        return DeviceControl(RegistryStore(SMALL), DeviceStates(), Confirmations(60), lambda t, p: published.append((t, p)),
-                             claim=ledger.claim)  # fmt: skip
+        return DeviceControl(
+            RegistryStore(SMALL),
+            DeviceStates(),
+            Confirmations(60),
+            lambda t, p: published.append((t, p)),
+            claim=ledger.claim,
+        )
 
     first = _ledger(tmp_path)
     first.admit("cmd-1", "edged/x/result/cmd-1", redelivered=False)
@@ -112,7 +122,9 @@ def test_device_control_never_dispatches_a_request_twice_across_a_restart(tmp_pa
     again = devices.outcome(devices.store.get(), "cmd-1", PORCH_ON, dispatch=None, reply_topic="edged/x/result/cmd-1")
     assert len(published) == 1, "the device command went out twice"
     assert not again.result["actions"][0]["dispatched"]
-    assert again.result["already_dispatched"] == [{"topic": "test-devices/porch_light/set", "payload": '{"state":"ON"}'}]
+    assert again.result["already_dispatched"] == [
+        {"topic": "test-devices/porch_light/set", "payload": '{"state":"ON"}'}
+    ]
     other = devices.outcome(devices.store.get(), "cmd-2", PORCH_ON, dispatch=None, reply_topic="edged/x/result/cmd-2")
     assert other.result["actions"][0]["dispatched"] and len(published) == 2  # another request dispatches as usual
 

@@ -7,10 +7,10 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from edged.bus import Inbound
-from edged.intake import Intake, Reply
-from edged.ratelimit import RateLimiter
-from edged.service import Job
+from edged.bus.mqtt import Inbound
+from edged.service.handler import Job
+from edged.service.intake import Intake, Reply
+from edged.service.ratelimit import RateLimiter
 from edged.settings import Settings
 
 
@@ -61,8 +61,18 @@ def _settings(**overrides) -> Settings:
 
 
 def _inbound(suffix: str, body: dict) -> Inbound:
-    return Inbound(topic=f"{BASE}/{suffix}", payload=json.dumps(body).encode(), retained=False, dup=False,
-                   response_topic=None, correlation_data=None, expiry_s=None, received_at=0.0, mid=1, qos=1)  # fmt: skip
+    return Inbound(
+        topic=f"{BASE}/{suffix}",
+        payload=json.dumps(body).encode(),
+        retained=False,
+        dup=False,
+        response_topic=None,
+        correlation_data=None,
+        expiry_s=None,
+        received_at=0.0,
+        mid=1,
+        qos=1,
+    )
 
 
 def test_rate_limit_in_intake_applies_to_requests_and_follows_reload():
@@ -81,8 +91,12 @@ def test_shared_group_subscriptions_and_instance_topics():
     """Requests are shared; confirm/cancel/admin reach every instance; status and stats are per instance."""
     s = _settings(base_topic=BASE, mqtt={"shared_group": "pool"}, admin={"reload_topic": True})
     assert Intake(BASE, s).subscriptions() == [
-        f"$share/pool/{BASE}/command", f"$share/pool/{BASE}/query", f"{BASE}/confirm", f"{BASE}/cancel", f"{BASE}/admin/reload",
-    ]  # fmt: skip
+        f"$share/pool/{BASE}/command",
+        f"$share/pool/{BASE}/query",
+        f"{BASE}/confirm",
+        f"{BASE}/cancel",
+        f"{BASE}/admin/reload",
+    ]
     assert (s.instance_topic("status"), s.instance_topic("stats")) == (f"{BASE}/status/n1", f"{BASE}/stats/n1")
     alone = _settings(base_topic=BASE)
     assert Intake(BASE, alone).subscriptions() == [f"{BASE}/+"] and alone.instance_topic("status") == f"{BASE}/status"
@@ -90,9 +104,13 @@ def test_shared_group_subscriptions_and_instance_topics():
 
 @pytest.mark.parametrize(
     "overrides",
-    [{"mqtt": {"shared_group": "pool"}}, {"base_topic": BASE, "mqtt": {"shared_group": "pool", "protocol": "3.1.1"}},
-     {"base_topic": BASE, "mqtt": {"shared_group": "a/b"}}, {"requests": {"rate_limit": {"per_minute": 0}}}],
-)  # fmt: skip
+    [
+        {"mqtt": {"shared_group": "pool"}},
+        {"base_topic": BASE, "mqtt": {"shared_group": "pool", "protocol": "3.1.1"}},
+        {"base_topic": BASE, "mqtt": {"shared_group": "a/b"}},
+        {"requests": {"rate_limit": {"per_minute": 0}}},
+    ],
+)
 def test_invalid_group_and_limit_settings_are_refused(overrides):
     with pytest.raises(ValidationError):
         _settings(**overrides)
@@ -101,10 +119,10 @@ def test_invalid_group_and_limit_settings_are_refused(overrides):
 def test_in_a_group_only_the_instance_that_issued_a_token_answers_its_confirm(tmp_path):
     from pathlib import Path
 
-    from edged.commands import DeviceControl
-    from edged.confirmations import Confirmations
-    from edged.device_state import DeviceStates
-    from edged.registry import RegistryStore
+    from edged.devices.commands import DeviceControl
+    from edged.devices.confirmations import Confirmations
+    from edged.devices.registry import RegistryStore
+    from edged.devices.state import DeviceStates
 
     registry = Path(__file__).resolve().parent / "data" / "registry-small.toml"
     s = _settings(base_topic=BASE, mqtt={"shared_group": "pool"})
@@ -120,4 +138,6 @@ def test_in_a_group_only_the_instance_that_issued_a_token_answers_its_confirm(tm
     answer = issuer.decide(message)
     assert isinstance(answer, Reply) and answer.result.status == "ok"
     assert isinstance(issuer.decide(message), Reply)  # reused: still its token, answered token_used
-    assert isinstance(other.decide(_inbound("confirm", {"id": "k2", "token": 5})), Reply)  # malformed: every member says so
+    assert isinstance(
+        other.decide(_inbound("confirm", {"id": "k2", "token": 5})), Reply
+    )  # malformed: every member says so

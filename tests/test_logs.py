@@ -12,7 +12,7 @@ import uuid
 import pytest
 import structlog
 
-from edged.logs import MASK, setup_logging, under_journal
+from edged.ops.logs import MASK, setup_logging, under_journal
 
 
 @pytest.fixture(autouse=True)
@@ -47,7 +47,14 @@ def test_json_lines_when_not_a_terminal():
     logging.getLogger("paho").info("Sending %s (m%d)", "PUBLISH", 7)
     logging.getLogger("transformers.tokenization").warning("slow tokenizer")
     ours, paho, hf = _lines(out)
-    assert ours == {**ours, "event": "request_done", "id": "r1", "total_ms": 12.5, "level": "info", "logger": "edged.test"}
+    assert ours == {
+        **ours,
+        "event": "request_done",
+        "id": "r1",
+        "total_ms": 12.5,
+        "level": "info",
+        "logger": "edged.test",
+    }
     assert paho["event"] == "Sending PUBLISH (m7)" and paho["logger"] == "paho"
     assert hf["level"] == "warning" and hf["logger"] == "transformers.tokenization"
     assert all("timestamp" in e for e in (ours, paho, hf))
@@ -74,7 +81,7 @@ def test_paho_packet_debug_is_quiet_at_info():
 
 def test_levels_per_logger_and_reset_on_reapply():
     """log.levels raises or lowers single loggers; applying levels again (a reload) drops the old overrides."""
-    from edged.logs import apply_levels
+    from edged.ops.logs import apply_levels
 
     out = _Pipe()
     setup_logging("info", "json", levels={"edged.bus": "debug", "paho": "warning"}, stream=out)

@@ -35,9 +35,16 @@ def test_metrics_report_the_stats_figures(start_daemon, client_for):
     doc = d.stats_document()
     assert metrics[("edged_requests_total", (("kind", "command"), ("status", "ok")))] == 1
     assert metrics[("edged_requests_total", (("kind", "query"), ("status", "error")))] == 1
-    assert metrics[("edged_state", (("state", "online"),))] == 1 and metrics[("edged_state", (("state", "degraded"),))] == 0
+    assert (
+        metrics[("edged_state", (("state", "online"),))] == 1
+        and metrics[("edged_state", (("state", "degraded"),))] == 0
+    )
     latency = metrics[("edged_request_latency_seconds", (("kind", "command"), ("quantile", "0.95")))]
-    assert latency == pytest.approx(ok["timing_ms"]["total"] / 1000) == pytest.approx(doc["latency_ms"]["command"]["p95"] / 1000)
+    assert (
+        latency
+        == pytest.approx(ok["timing_ms"]["total"] / 1000)
+        == pytest.approx(doc["latency_ms"]["command"]["p95"] / 1000)
+    )
     assert metrics[("edged_queue_depth", ())] == 0 and metrics[("edged_mqtt_reconnects_total", ())] == 0
     assert metrics[("edged_tokens_per_second", ())] == doc["tokens_per_s"] > 0
     assert metrics[("edged_resident_memory_bytes", ())] > 50 * 2**20
@@ -48,7 +55,7 @@ def test_metrics_report_the_stats_figures(start_daemon, client_for):
 def test_a_taken_port_stops_start_up_with_a_clear_error(broker, engine, tiny_model_dir):
     """metrics.prometheus_port already in use: start() raises MetricsUnavailable naming the address."""
     from edged.app import Daemon
-    from edged.metrics import MetricsUnavailable
+    from edged.ops.metrics import MetricsUnavailable
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -9,9 +9,9 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import TEST_MODEL
-from edged.model_files import ModelInvalid, choose_dtype, read_facts
+
+from edged.models.files import ModelInvalid, choose_dtype, read_facts
 from edged.settings import ModelSettings
 
 CPU_FORMAT = "keep" if sys.platform == "darwin" else "float32"  # Metal keeps quantised weights
@@ -19,7 +19,13 @@ CPU_FORMAT = "keep" if sys.platform == "darwin" else "float32"  # Metal keeps qu
 
 def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("EDGED_", "HF_"))}
-    return subprocess.run([sys.executable, "-m", "edged.cli", *args], capture_output=True, text=True, timeout=120, env={**base, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "edged.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**base, **(env or {})},
+    )
 
 
 def test_info_for_the_imported_smollm2(smollm2_dir):
@@ -55,8 +61,12 @@ def test_list_finds_models_in_edged_cache(tmp_path, tiny_model_dir):
 
 def test_pull_without_a_reachable_hub_fails_clearly(tmp_path):
     """pull is the only command that downloads; with no hub it says so and exits 1, no traceback."""
-    out = _cli("model", "pull", "Qwen/Qwen3-4B-MLX-4bit",
-               env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_CACHE": str(tmp_path), "HF_HUB_ETAG_TIMEOUT": "2"})  # fmt: skip
+    out = _cli(
+        "model",
+        "pull",
+        "Qwen/Qwen3-4B-MLX-4bit",
+        env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_CACHE": str(tmp_path), "HF_HUB_ETAG_TIMEOUT": "2"},
+    )
     assert out.returncode == 1
     assert "could not download Qwen/Qwen3-4B-MLX-4bit" in out.stderr and "Traceback" not in out.stderr
 
@@ -71,7 +81,7 @@ def test_incomplete_directory_is_refused_naming_what_is_missing(tmp_path, tiny_m
 
 
 def test_tokenizer_without_chat_template_is_refused(tmp_path, tiny_model_dir):
-    from edged.engine import MlxEngine
+    from edged.engine.mlx import MlxEngine
 
     bare = tmp_path / "bare"
     shutil.copytree(tiny_model_dir, bare)
@@ -96,7 +106,7 @@ def test_long_context_applies_yarn_without_touching_the_files(tiny_model_dir):
     """long_context loads YaRN rope scaling (factor 4 over 32,768) and raises the context limit."""
     from mlx_lm.models.rope_utils import YarnRoPE
 
-    from edged.engine import MlxEngine
+    from edged.engine.mlx import MlxEngine
 
     before = (tiny_model_dir / "config.json").read_bytes()
     engine = MlxEngine(ModelSettings(path=str(tiny_model_dir), long_context=True, **TEST_MODEL))

@@ -31,7 +31,9 @@ def make_node(broker, tiny_model_dir, tmp_path, client_for):
 def _node(tiny_model_dir, tmp_path, client_for, procs, extra, env):
     node_id = f"p-{uuid.uuid4().hex[:10]}"
     # One generation at a time: these tests count requests that wait behind the one generating.
-    config = write_config(tmp_path / "edged.toml", tiny_model_dir, node_id, "[model.scheduler]\nmax_batch = 1\n" + extra)
+    config = write_config(
+        tmp_path / "edged.toml", tiny_model_dir, node_id, "[model.scheduler]\nmax_batch = 1\n" + extra
+    )
     base = f"edged/{node_id}"
     client = client_for(base, timeout=RUN_TIMEOUT)
     client.subscribe(f"{base}/status")
@@ -42,8 +44,13 @@ def _node(tiny_model_dir, tmp_path, client_for, procs, extra, env):
         seen = len(client.messages(f"{base}/status"))
         proc = Edged(config, tmp_path / "edged.log", env)
         procs.append(proc)
-        client.wait_for(lambda m: m.topic == f"{base}/status" and m.json()["state"] == "online"
-                        and client.messages(f"{base}/status").index(m) >= seen)  # fmt: skip
+        client.wait_for(
+            lambda m: (
+                m.topic == f"{base}/status"
+                and m.json()["state"] == "online"
+                and client.messages(f"{base}/status").index(m) >= seen
+            )
+        )
         return proc
 
     return base, client, start
@@ -114,8 +121,13 @@ command_topic = "{prefix}/porch_light/set"
 
 
 # SmolLM2, greedy for commands: "turn on the porch light" reliably becomes a dispatched action (the random model's don't).
-SMOL_ENV = {"EDGED_MODEL__NAME": "SmolLM2-135M-Instruct", "EDGED_MODEL__NO_THINK__TEMPERATURE": "0",
-            "EDGED_MODEL__NO_THINK__TOP_P": "1", "EDGED_MODEL__NO_THINK__TOP_K": "0", "EDGED_MODEL__NO_THINK__MAX_TOKENS": "160"}
+SMOL_ENV = {
+    "EDGED_MODEL__NAME": "SmolLM2-135M-Instruct",
+    "EDGED_MODEL__NO_THINK__TEMPERATURE": "0",
+    "EDGED_MODEL__NO_THINK__TOP_P": "1",
+    "EDGED_MODEL__NO_THINK__TOP_K": "0",
+    "EDGED_MODEL__NO_THINK__MAX_TOKENS": "160",
+}
 
 
 def test_sigkill_with_a_device_command_waiting_dispatches_it_once(make_node, tmp_path, smollm2_dir):
@@ -155,7 +167,9 @@ def test_run_logs_json_events_with_request_fields(node):
     assert edged.stop() == 0
     done = [e for e in edged.events() if e["event"] == "request_done"]
     assert len(done) == 1
-    assert {"id", "kind", "mode", "status", "prompt_tokens", "completion_tokens", "total_ms", "queue_ms"} <= done[0].keys()
+    assert {"id", "kind", "mode", "status", "prompt_tokens", "completion_tokens", "total_ms", "queue_ms"} <= done[
+        0
+    ].keys()
     assert done[0]["id"] == "log-1" and done[0]["level"] == "info" and done[0]["timestamp"]
     assert any(e["event"] == "stopped" and e["peak_rss_mb"] > 0 for e in edged.events())
 
@@ -164,12 +178,22 @@ def test_run_with_a_bad_config_exits_2(tmp_path):
     """An invalid configuration is reported with its field path and exit code 2, before anything starts."""
     bad = tmp_path / "bad.toml"
     bad.write_text("[mqtt]\nport = 70000\n")
-    proc = subprocess.run([sys.executable, "-m", "edged.cli", "run", "--config", str(bad)], capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "edged.cli", "run", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+    )
     assert proc.returncode == 2 and "mqtt.port" in proc.stderr
 
 
 def test_run_with_a_missing_model_exits_2_naming_the_path(tmp_path):
     """A model path that does not exist stops start-up with a clear event naming it."""
     config = write_config(tmp_path / "edged.toml", tmp_path / "nowhere", "p-missing")
-    proc = subprocess.run([sys.executable, "-m", "edged.cli", "run", "--config", str(config)], capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "edged.cli", "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+    )
     assert proc.returncode == 2 and str(tmp_path / "nowhere") in proc.stdout + proc.stderr

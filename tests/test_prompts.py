@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 
-from edged.prompts import build_messages, user_content
-from edged.sessions import Turn
+from edged.prompts import Turn, build_messages, user_content
 
 
 def test_message_order() -> None:

@@ -171,7 +171,8 @@ def test_bad_id(bad_id: object) -> None:
 
 
 @pytest.mark.parametrize(
-    "reply_to", ["replies/+/x", "replies/#", "a\x00b", "", "t" * 513, "a\x01b", "a\x85b", "a\ud800b", "a\uffffb", "$SYS/x"]
+    "reply_to",
+    ["replies/+/x", "replies/#", "a\x00b", "", "t" * 513, "a\x01b", "a\x85b", "a\ud800b", "a\uffffb", "$SYS/x"],
 )
 def test_bad_reply_to(reply_to: str) -> None:
     """A reply_to that is not a publishable topic is bad_reply_to."""
@@ -214,7 +215,13 @@ def test_result_json_omits_none_but_keeps_usage_and_timing() -> None:
     assert data == {
         "id": "a1",
         "status": "ok",
-        "usage": {"prompt_tokens": 0, "cached_tokens": 0, "completion_tokens": 0, "reasoning_tokens": 0, "forced_tokens": 0},
+        "usage": {
+            "prompt_tokens": 0,
+            "cached_tokens": 0,
+            "completion_tokens": 0,
+            "reasoning_tokens": 0,
+            "forced_tokens": 0,
+        },
         "timing_ms": {"queue": 0.0, "prefill": 0.0, "decode": 0.0, "total": 0.0, "mask": 0.0},
     }
 

@@ -6,9 +6,8 @@ import shutil
 from collections.abc import Iterator
 
 import pytest
-from proc import Mosquitto, free_port
-
 from conftest import make_settings
+from proc import Mosquitto, free_port
 
 pytestmark = pytest.mark.skipif(shutil.which("mosquitto") is None, reason="needs the mosquitto binary")
 
@@ -24,9 +23,11 @@ def private_broker(tmp_path) -> Iterator[Mosquitto]:
 def test_broker_restart_resubscribes_and_answers(private_broker, engine, tiny_model_dir):
     """After the broker forgets everything, edged reconnects, re-subscribes, republishes online, answers."""
     from edged.app import Daemon
-    from edged.client import EdgedClient
+    from edged.bus.client import EdgedClient
 
-    settings = make_settings(tiny_model_dir, mqtt={"port": private_broker.port, "reconnect_min_s": 1, "reconnect_max_s": 2})
+    settings = make_settings(
+        tiny_model_dir, mqtt={"port": private_broker.port, "reconnect_min_s": 1, "reconnect_max_s": 2}
+    )
     daemon = Daemon(settings, lambda _s: engine)
     daemon.start()
     try:

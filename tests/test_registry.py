@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from edged.actions import InvalidAnswer, output_model, parse_answer, render_payload
-from edged.confirmations import Confirmations, TokenError
-from edged.device_state import summarise
-from edged.registry import Registry, RegistryStore, load_registry
+from edged.devices.actions import InvalidAnswer, output_model, parse_answer, render_payload
+from edged.devices.confirmations import Confirmations, TokenError
+from edged.devices.registry import Registry, RegistryStore, load_registry
+from edged.devices.state import summarise
 
 CONFIG = Path(__file__).resolve().parent.parent / "config"
 SMALL = Path(__file__).resolve().parent / "data" / "registry-small.toml"
@@ -25,8 +25,11 @@ def test_example_registries_load(name):
 
 
 def _reg(**changes) -> dict:
-    data = {"name": "t", "areas": [{"id": "a", "name": "A"}],
-            "devices": [{"id": "l1", "name": "Lamp", "area": "a", "type": "dimmer", "command_topic": "x/l1/set"}]}  # fmt: skip
+    data = {
+        "name": "t",
+        "areas": [{"id": "a", "name": "A"}],
+        "devices": [{"id": "l1", "name": "Lamp", "area": "a", "type": "dimmer", "command_topic": "x/l1/set"}],
+    }
     data.update(changes)
     return data
 
@@ -40,11 +43,23 @@ def _reg(**changes) -> dict:
         ({"devices": [{"id": "l1", "name": "L", "area": "a", "type": "toaster"}]}, "type"),
         ({"devices": [{"id": "g", "name": "G", "area": "a", "type": "generic"}]}, "no actions"),
         ({"devices": [{"id": "l1", "name": "L", "area": "a", "type": "light", "command_topic": "x/#"}]}, "wildcards"),
-        ({"devices": [{"id": "l1", "name": "L", "area": "a", "type": "generic",
-                       "actions": {"go": {"params": {"n": {"type": "integer"}}, "payload": "{n}"}}}]}, "min <= max"),
+        (
+            {
+                "devices": [
+                    {
+                        "id": "l1",
+                        "name": "L",
+                        "area": "a",
+                        "type": "generic",
+                        "actions": {"go": {"params": {"n": {"type": "integer"}}, "payload": "{n}"}},
+                    }
+                ]
+            },
+            "min <= max",
+        ),
         ({"colour": "red"}, "Extra inputs"),
     ],
-)  # fmt: skip
+)
 def test_invalid_registries_are_refused(changes, needle):
     with pytest.raises(ValidationError, match=needle):
         Registry.model_validate(_reg(**changes))
@@ -56,7 +71,9 @@ def test_schema_accepts_only_registry_actions_in_range():
     model = output_model(reg)
     ok = '{"actions":[{"device":"l1","action":"set_brightness","params":{"brightness":40}}],"say":"ok"}'
     actions, say = parse_answer(reg, model, ok)
-    assert [(a.device, a.action, a.params, a.topic) for a in actions] == [("l1", "set_brightness", {"brightness": 40}, "x/l1/set")]
+    assert [(a.device, a.action, a.params, a.topic) for a in actions] == [
+        ("l1", "set_brightness", {"brightness": 40}, "x/l1/set")
+    ]
     assert json.loads(actions[0].payload) == {"state": "ON", "brightness_percent": 40}
     for bad in (
         '{"actions":[{"device":"l2","action":"turn_on","params":{}}],"say":""}',
@@ -73,9 +90,16 @@ def test_area_targets_expand_deterministically_without_duplicates():
     """'all lights' expands to every light in sorted order; a device named twice runs once."""
     reg = load_registry(CONFIG / "registry-home.toml")
     model = output_model(reg)
-    text = json.dumps({"actions": [{"area": "kitchen", "type": "dimmer", "action": "turn_off", "params": {}},
-                                   {"device": "kitchen_ceiling", "action": "turn_off", "params": {}},
-                                   {"area": "all", "type": "light", "action": "turn_on", "params": {}}], "say": ""})  # fmt: skip
+    text = json.dumps(
+        {
+            "actions": [
+                {"area": "kitchen", "type": "dimmer", "action": "turn_off", "params": {}},
+                {"device": "kitchen_ceiling", "action": "turn_off", "params": {}},
+                {"area": "all", "type": "light", "action": "turn_on", "params": {}},
+            ],
+            "say": "",
+        }
+    )
     actions, _ = parse_answer(reg, model, text)
     names = [(a.device, a.action) for a in actions]
     lights = sorted(d.id for d in reg.devices if d.type == "light")
@@ -137,12 +161,14 @@ def test_registry_store_reloads_changes_and_keeps_the_old_one_on_error(tmp_path)
 
 
 def _control(dispatch=True):
-    from edged.commands import DeviceControl
-    from edged.device_state import DeviceStates
+    from edged.devices.commands import DeviceControl
+    from edged.devices.state import DeviceStates
 
     sent = []
     store = RegistryStore(SMALL)
-    control = DeviceControl(store, DeviceStates(), Confirmations(60), lambda t, p: sent.append((t, p)), dispatch_default=dispatch)
+    control = DeviceControl(
+        store, DeviceStates(), Confirmations(60), lambda t, p: sent.append((t, p)), dispatch_default=dispatch
+    )
     return control, store.current, sent
 
 
@@ -154,8 +180,10 @@ def test_outcomes_of_answers():
     assert (none.status, none.code, sent) == ("rejected", "not_understood", [])
     cut = control.outcome(reg, "r2", '{"actions":[{"device":"porch_li', dispatch=None)
     assert (cut.status, cut.code, sent) == ("rejected", "invalid_answer", [])
-    both = ('{"actions":[{"device":"porch_light","action":"turn_on","params":{}},'
-            '{"device":"front_door","action":"unlock","params":{}}],"say":"ok"}')
+    both = (
+        '{"actions":[{"device":"porch_light","action":"turn_on","params":{}},'
+        '{"device":"front_door","action":"unlock","params":{}}],"say":"ok"}'
+    )
     held = control.outcome(reg, "r3", both, dispatch=None)
     assert held.status == "needs_confirmation" and sent == [("test-devices/porch_light/set", b'{"state":"ON"}')]
     assert [a["dispatched"] for a in held.result["actions"]] == [True, False]

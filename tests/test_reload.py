@@ -7,10 +7,10 @@ import signal
 import uuid
 
 import pytest
-from pydantic import SecretStr
 from proc import RUN_TIMEOUT, Edged, write_config
+from pydantic import SecretStr
 
-from edged.reload import changed_paths, plan, reread
+from edged.service.reload import changed_paths, plan, reread
 from edged.settings import Settings, load_settings
 
 
@@ -30,8 +30,12 @@ def test_plan_applies_runtime_settings_and_keeps_restart_only_ones():
     outcome = plan(old, new)
     assert outcome.ok and outcome.restart_required == ["mqtt.host", "requests.queue_size"]
     assert outcome.applied == [
-        "log.level", "log.levels.edged.bus", "model.no_think.max_tokens", "model.no_think.temperature", "requests.max_text_chars",
-    ]  # fmt: skip
+        "log.level",
+        "log.levels.edged.bus.mqtt",
+        "model.no_think.max_tokens",
+        "model.no_think.temperature",
+        "requests.max_text_chars",
+    ]
     running = outcome.settings
     assert (running.mqtt.host, running.requests.queue_size) == ("127.0.0.1", 4)  # as before: needs a restart
     assert (running.requests.max_text_chars, running.model.no_think.max_tokens, running.log.level) == (100, 32, "debug")
@@ -112,7 +116,9 @@ def test_sighup_and_admin_reload_swap_settings_without_dropping_queued_requests(
         config.write_text(config.read_text() + "\n[mqtt.extra]\n")  # invalid: unknown key
         edged.proc.send_signal(signal.SIGHUP)
         reloading = notify_socket.wait_for("RELOADING", "1", after=reloading + 1)
-        assert notify_socket.messages[notify_socket.wait_for("READY", "1", after=reloading)][1]["STATUS"].startswith("reload failed")
+        assert notify_socket.messages[notify_socket.wait_for("READY", "1", after=reloading)][1]["STATUS"].startswith(
+            "reload failed"
+        )
         assert c.request("command", {"text": "x" * 30})["error"]["code"] == "text_too_long"  # still the running one
 
         write_config(config, tiny_model_dir, node_id, RELOAD_BASE)  # back to the defaults, over the bus this time
@@ -129,7 +135,9 @@ def test_sighup_and_admin_reload_swap_settings_without_dropping_queued_requests(
     assert events["reload_done"]["restart_required"] == [] and "mqtt.extra" in events["reload_failed"]["error"]
     first_reload = next(e for e in edged.events() if e["event"] == "reload_done")
     assert first_reload["restart_required"] == ["homeassistant.discovery"]
-    assert "requests.max_text_chars" in first_reload["applied"] and "model.no_think.max_tokens" in first_reload["applied"]
+    assert (
+        "requests.max_text_chars" in first_reload["applied"] and "model.no_think.max_tokens" in first_reload["applied"]
+    )
 
 
 @pytest.mark.parametrize("payload", [b"not json", b'{"id": "rl-2", "bogus": 1}'])

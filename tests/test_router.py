@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edged.router import route, split_soft_switch
+from edged.service.router import route, split_soft_switch
 
 
 @pytest.mark.parametrize(

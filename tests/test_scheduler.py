@@ -8,20 +8,25 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-
 from conftest import TEST_MODEL
-from edged.actions import output_model, parse_answer
-from edged.engine import MlxEngine
-from edged.prompts import build_messages, device_messages
-from edged.registry import load_registry
-from edged.sessions import Turn
+
+from edged.devices.actions import output_model, parse_answer
+from edged.devices.prompts import device_messages
+from edged.devices.registry import load_registry
+from edged.engine.mlx import MlxEngine
+from edged.prompts import Turn, build_messages
 from edged.settings import ModelSettings, NoThinkSampling
 
 CONFIG = Path(__file__).resolve().parent.parent / "config"
 REGISTRY = load_registry(CONFIG / "registry-home.toml")
 SCHEMA = output_model(REGISTRY).model_json_schema()
 GREEDY = NoThinkSampling(temperature=0.0, top_p=1.0, top_k=0, max_tokens=24)
-UTTERANCES = ["turn off the kitchen lights", "lock the front door", "set the living room to 21 degrees", "open the garage"]
+UTTERANCES = [
+    "turn off the kitchen lights",
+    "lock the front door",
+    "set the living room to 21 degrees",
+    "open the garage",
+]
 
 
 def _command(text: str) -> list[dict[str, str]]:
@@ -38,7 +43,9 @@ def test_second_command_reuses_the_prefix_and_tokens_match_without_cache(engine,
     second = engine.generate(_command("dim the hall light"), "no_think", GREEDY, schema=SCHEMA, priority="high")
     uncached_engine = MlxEngine(ModelSettings(path=str(tiny_model_dir), prefix_cache_mb=0, **TEST_MODEL))
     try:
-        uncached = uncached_engine.generate(_command("dim the hall light"), "no_think", GREEDY, schema=SCHEMA, priority="high")
+        uncached = uncached_engine.generate(
+            _command("dim the hall light"), "no_think", GREEDY, schema=SCHEMA, priority="high"
+        )
     finally:
         uncached_engine.close()
     assert second.cached_tokens > 0 and uncached.cached_tokens == 0
@@ -65,7 +72,9 @@ def test_a_command_overtakes_a_running_query(engine):
     submitted = threading.Event()
 
     def submit_command() -> None:
-        command["gen"] = engine.generate(_command("turn off the kitchen lights"), "no_think", GREEDY, schema=SCHEMA, priority="high")
+        command["gen"] = engine.generate(
+            _command("turn off the kitchen lights"), "no_think", GREEDY, schema=SCHEMA, priority="high"
+        )
 
     def query_progress() -> bool:
         query_steps.append(engine.scheduler.steps)
@@ -96,8 +105,14 @@ def test_a_query_still_finishes_under_a_steady_command_stream(engine):
     def stream() -> None:
         while True:
             running = not query_done.is_set()
-            gen = engine.generate(_command("open the garage"), "no_think", GREEDY, schema=SCHEMA, priority="high",
-                                  should_stop=lambda: flowing.set() or False)  # fmt: skip
+            gen = engine.generate(
+                _command("open the garage"),
+                "no_think",
+                GREEDY,
+                schema=SCHEMA,
+                priority="high",
+                should_stop=lambda: flowing.set() or False,
+            )
             (finished_during_query if running and not query_done.is_set() else after_query).append(gen.step_span[2])
             if not running:
                 return
@@ -141,10 +156,16 @@ def test_concurrent_commands_are_batched_and_match_single_runs(request, which):
 def test_jump_forward_counts_forced_tokens_and_changes_nothing(smol_engine, text):
     """SmolLM2 with the home registry: forced tokens are appended without sampling; greedy output is the same."""
     sampling = NoThinkSampling(temperature=0.0, top_p=1.0, top_k=0, max_tokens=160)
-    jumped = smol_engine.generate(_command(text), "no_think", sampling, schema=SCHEMA, priority="high", jump_forward=True)
-    stepped = smol_engine.generate(_command(text), "no_think", sampling, schema=SCHEMA, priority="high", jump_forward=False)
-    print(f"\n{text!r}: completion={jumped.completion_tokens} forced={jumped.forced_tokens} "
-          f"sampled={jumped.completion_tokens - jumped.forced_tokens} steps={jumped.steps} (without jump-forward: {stepped.steps})")  # fmt: skip
+    jumped = smol_engine.generate(
+        _command(text), "no_think", sampling, schema=SCHEMA, priority="high", jump_forward=True
+    )
+    stepped = smol_engine.generate(
+        _command(text), "no_think", sampling, schema=SCHEMA, priority="high", jump_forward=False
+    )
+    print(
+        f"\n{text!r}: completion={jumped.completion_tokens} forced={jumped.forced_tokens} "
+        f"sampled={jumped.completion_tokens - jumped.forced_tokens} steps={jumped.steps} (without jump-forward: {stepped.steps})"
+    )
     assert jumped.forced_tokens > 0 and stepped.forced_tokens == 0
     assert jumped.steps < stepped.steps
     assert jumped.answer == stepped.answer

@@ -6,7 +6,7 @@ import os
 import socket
 import uuid
 
-from edged.sdnotify import Notifier, watchdog_interval
+from edged.ops.sdnotify import Notifier, watchdog_interval
 
 
 def test_messages_arrive_as_one_datagram_each(notify_socket):

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from edged.engine import Generation
+from edged.engine.mlx import Generation
 from edged.protocol import Request
-from edged.service import Job, Service, answer_object
-from edged.sessions import SessionStore
+from edged.service.handler import Job, Service, answer_object
+from edged.service.sessions import SessionStore
 from edged.settings import ModelSettings
 
 MODEL = ModelSettings(
@@ -117,7 +117,11 @@ def test_ok_result_shape() -> None:
 def test_plain_answer_has_no_data() -> None:
     """A prose answer gives result.text and no result.data; a thinking one says how it thought."""
     result = make_service(FakeEngine(), FakeClock()).handle(job())
-    assert result.result == {"text": "All good.", "finish_reason": "stop", "thinking": {"tokens": 12, "closed_by": "model"}}
+    assert result.result == {
+        "text": "All good.",
+        "finish_reason": "stop",
+        "thinking": {"tokens": 12, "closed_by": "model"},
+    }
     assert result.mode == "think"
 
 

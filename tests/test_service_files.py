@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from proc import RUN_TIMEOUT, Edged, Mosquitto, free_port, write_config
 
-from edged import service_files as sf
+from edged.bus.client import EdgedClient
 from edged.cli import _parser, main
-from edged.client import EdgedClient
+from edged.ops import service_files as sf
 from edged.settings import MqttSettings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -68,7 +68,12 @@ def test_systemd_unit_is_a_hardened_notify_service(tmp_path):
     assert values[("Service", "Restart")] == "on-failure" and values[("Unit", "StartLimitBurst")] == "5"
     assert values[("Service", "DynamicUser")] == "yes" and values[("Service", "StateDirectory")] == "edged"
     assert values[("Service", "LoadCredential")].startswith("mqtt-password:")
-    for key, value in [("NoNewPrivileges", "yes"), ("ProtectSystem", "strict"), ("ProtectHome", "yes"), ("PrivateTmp", "yes")]:
+    for key, value in [
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "yes"),
+        ("PrivateTmp", "yes"),
+    ]:
         assert values[("Service", key)] == value
     assert values[("Service", "RestrictAddressFamilies")] == "AF_UNIX AF_INET AF_INET6"
     assert "MemoryMax" in (unit.parent / "edged.service.d/override.conf").read_text()
@@ -144,7 +149,9 @@ def test_edged_run_logs_in_with_the_credential_and_never_logs_it(tiny_model_dir,
     config.write_text(text.replace('format = "json"', 'format = "json"\nlevel = "debug"'))  # paho's packets too
     edged = Edged(config, tmp_path / "edged.log", env={"CREDENTIALS_DIRECTORY": str(creds)})
     try:
-        with EdgedClient(f"edged/{node_id}", port=broker.port, timeout=RUN_TIMEOUT, username="probe", password="probe") as c:
+        with EdgedClient(
+            f"edged/{node_id}", port=broker.port, timeout=RUN_TIMEOUT, username="probe", password="probe"
+        ) as c:
             c.subscribe(f"edged/{node_id}/status")
             c.wait_for(lambda m: m.json()["state"] == "online")
         assert edged.stop(signal.SIGTERM) == 0
@@ -156,6 +163,9 @@ def test_edged_run_logs_in_with_the_credential_and_never_logs_it(tiny_model_dir,
     assert "mqtt_connected" in log and secret not in log
     check = subprocess.run(
         [sys.executable, "-m", "edged.cli", "config", "check", "--config", str(config)],
-        capture_output=True, text=True, timeout=RUN_TIMEOUT, env={**os.environ, "EDGED_MQTT__PASSWORD": secret},
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        env={**os.environ, "EDGED_MQTT__PASSWORD": secret},
+    )
     assert check.returncode == 0 and secret not in check.stdout + check.stderr and "**********" in check.stdout

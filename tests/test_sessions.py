@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from edged.sessions import SessionStore, Turn
+from edged.prompts import Turn
+from edged.service.sessions import SessionStore
 
 
 class FakeClock:

@@ -83,7 +83,9 @@ def test_edged_config_env_selects_file(tmp_path: Path, monkeypatch: pytest.Monke
     assert load_settings().node_id == "via-env"
 
 
-@pytest.mark.parametrize("text", ['node_id = "n"\ncolour = "red"\n', '[mqtt]\nhots = "x"\n', "[model.think]\nbogus = 1\n"])
+@pytest.mark.parametrize(
+    "text", ['node_id = "n"\ncolour = "red"\n', '[mqtt]\nhots = "x"\n', "[model.think]\nbogus = 1\n"]
+)
 def test_unknown_key_is_refused(tmp_path: Path, text: str) -> None:
     """An unknown key anywhere in the file is a validation error."""
     with pytest.raises(ValidationError) as info:
@@ -133,7 +135,13 @@ def test_think_temperature_zero_is_refused() -> None:
 
 @pytest.mark.parametrize(
     ("raw", "clean"),
-    [("Pi-Kitchen", "pi-kitchen"), ("my.host.local", "my-host-local"), ("a b__c", "a-b__c"), ("..", "edged"), ("", "edged")],
+    [
+        ("Pi-Kitchen", "pi-kitchen"),
+        ("my.host.local", "my-host-local"),
+        ("a b__c", "a-b__c"),
+        ("..", "edged"),
+        ("", "edged"),
+    ],
 )
 def test_sanitise_node_id(raw: str, clean: str) -> None:
     """Host names become lower-case [a-z0-9_-] ids."""
@@ -247,7 +255,9 @@ def test_empty_or_missing_password_file_is_a_config_error(tmp_path: Path) -> Non
             load_settings(write(tmp_path, f'node_id = "n"\n[mqtt]\npassword_file = "{path}"\n'))
 
 
-@pytest.mark.parametrize("scheduler", [{"max_batch": 0}, {"fair_share": 0}, {"prefill_chunk": 4}, {"max_batch": 4, "batch": 2}])
+@pytest.mark.parametrize(
+    "scheduler", [{"max_batch": 0}, {"fair_share": 0}, {"prefill_chunk": 4}, {"max_batch": 4, "batch": 2}]
+)
 def test_scheduler_settings_are_validated(scheduler: dict[str, int]) -> None:
     """The scheduler's knobs have bounds, and unknown keys are refused."""
     with pytest.raises(ValidationError, match="scheduler"):

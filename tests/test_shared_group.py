@@ -22,7 +22,7 @@ from collections import Counter
 import pytest
 from proc import Edged, Mosquitto, free_port, quick_work, write_config
 
-from edged.client import EdgedClient
+from edged.bus.client import EdgedClient
 
 pytestmark = pytest.mark.skipif(shutil.which("mosquitto") is None, reason="needs the mosquitto binary")
 
@@ -44,7 +44,9 @@ def test_three_instances_share_requests_and_survive_a_kill(tmp_path, tiny_model_
     base = f"edged/pool-{uid}"
     env = {"EDGED_MQTT__PORT": str(broker.port), "EDGED_BASE_TOPIC": base, "EDGED_MQTT__SHARED_GROUP": "pool"}
     nodes = [f"{uid}-{n}" for n in "abc"]
-    configs = {n: write_config(tmp_path / f"{n}.toml", tiny_model_dir, n, quick_work(queue_size=2 * BURST)) for n in nodes}
+    configs = {
+        n: write_config(tmp_path / f"{n}.toml", tiny_model_dir, n, quick_work(queue_size=2 * BURST)) for n in nodes
+    }
     procs = {n: Edged(configs[n], tmp_path / f"{n}.log", env) for n in nodes}
     victim = nodes[1]
     revived: Edged | None = None
@@ -61,7 +63,9 @@ def test_three_instances_share_requests_and_survive_a_kill(tmp_path, tiny_model_
             assert procs[victim].stop(signal.SIGKILL) == -signal.SIGKILL
             before_kill = _done_ids(procs[victim])
             mark = c.count()
-            c.wait_for(lambda m: m.topic == f"{base}/status/{victim}" and m.json()["state"] == "offline", after=0)  # last will
+            c.wait_for(
+                lambda m: m.topic == f"{base}/status/{victim}" and m.json()["state"] == "offline", after=0
+            )  # last will
             for rid in ids[BURST:]:
                 c.publish(f"{base}/command", json.dumps({"id": rid, "text": "lights on"}))
             revived = Edged(configs[victim], tmp_path / f"{victim}-restarted.log", env)  # same client id: its session
@@ -81,10 +85,14 @@ def test_three_instances_share_requests_and_survive_a_kill(tmp_path, tiny_model_
     after_restart = _done_ids(revived)
     split[f"{victim} (restarted)"] = len(after_restart)
     late = sum(1 for rid in after_restart if int(rid[1:]) >= BURST)
-    replayed = {e["id"] for e in revived.events() if e.get("event") == "duplicate_request" and e.get("verdict") == "replay"}
-    print(f"\nshared group: {len(ids)} requests, split {split}; "
-          f"{late} of the restarted member's were published while it was down; "
-          f"{len(copies)} stored result(s) replayed after the kill")  # fmt: skip
+    replayed = {
+        e["id"] for e in revived.events() if e.get("event") == "duplicate_request" and e.get("verdict") == "replay"
+    }
+    print(
+        f"\nshared group: {len(ids)} requests, split {split}; "
+        f"{late} of the restarted member's were published while it was down; "
+        f"{len(copies)} stored result(s) replayed after the kill"
+    )
     assert set(originals) == set(ids), f"unanswered: {sorted(set(ids) - set(originals))}"
     assert max(originals.values()) == 1, f"answered twice: {[i for i, n in originals.items() if n > 1]}"
     for copy in copies:  # a result the killed member published, sent again from its ledger: the same answer
@@ -96,6 +104,7 @@ def test_three_instances_share_requests_and_survive_a_kill(tmp_path, tiny_model_
     # Each request ran in exactly one process; a replayed one ran in the killed member, which may have
     # died between publishing its result and logging it.
     assert set(done) | {c["id"] for c in copies} == set(ids)
+
 
 def _wait_results(c: EdgedClient, base: str, n: int) -> None:
     """Wait until results for ``n`` distinct burst requests have arrived."""

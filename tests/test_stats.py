@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from edged.ops.stats import Stats, percentile
 from edged.protocol import ErrorCode, Result, Timing, Usage
-from edged.service import error_result
-from edged.stats import Stats, percentile
+from edged.service.handler import error_result
 
 
 class Clock:
@@ -16,14 +16,24 @@ class Clock:
 
 
 def _ok(kind: str, total_ms: float, *, completion: int = 10, decode_ms: float = 100.0, cached: int = 0) -> Result:
-    return Result(id="r", kind=kind, status="ok", usage=Usage(prompt_tokens=50, cached_tokens=cached, completion_tokens=completion),
-                  timing_ms=Timing(decode=decode_ms, total=total_ms))  # fmt: skip
+    return Result(
+        id="r",
+        kind=kind,
+        status="ok",
+        usage=Usage(prompt_tokens=50, cached_tokens=cached, completion_tokens=completion),
+        timing_ms=Timing(decode=decode_ms, total=total_ms),
+    )
 
 
 def test_percentile_is_nearest_rank():
     """p50 and p95 of 1..20 are 10 and 19; a single value is every percentile; none is None."""
     values = [float(v) for v in range(20, 0, -1)]
-    assert (percentile(values, 50), percentile(values, 95), percentile([7.0], 95), percentile([], 50)) == (10, 19, 7, None)
+    assert (percentile(values, 50), percentile(values, 95), percentile([7.0], 95), percentile([], 50)) == (
+        10,
+        19,
+        7,
+        None,
+    )
 
 
 def test_counts_since_start_figures_over_the_window():

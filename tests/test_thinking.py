@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edged.thinking import Split, ThinkTokens, split_thinking
+from edged.engine.thinking import Split, ThinkTokens, split_thinking
 
 QWEN = ThinkTokens(start=900, end=901)
 

@@ -22,12 +22,13 @@ from pki import Authority
 from proc import RUN_TIMEOUT, Edged, Mosquitto, free_port, password_file, secure_broker_conf, write_config
 from pydantic import ValidationError
 
-from edged.client import EdgedClient
+from edged.bus.client import EdgedClient
+from edged.bus.tls import client_context
 from edged.settings import Settings
-from edged.tls import client_context
 
 pytestmark = pytest.mark.skipif(
-    shutil.which("mosquitto") is None or shutil.which("mosquitto_passwd") is None, reason="needs mosquitto and mosquitto_passwd"
+    shutil.which("mosquitto") is None or shutil.which("mosquitto_passwd") is None,
+    reason="needs mosquitto and mosquitto_passwd",
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,10 +47,15 @@ def pki(tmp_path_factory) -> SimpleNamespace:
     d = tmp_path_factory.mktemp("pki")
     ca, other = Authority(d, "ca"), Authority(d, "other-ca")
     return SimpleNamespace(
-        ca=ca, other=other, broker=ca.issue("broker", server=True),
-        edged=ca.issue("edged"), panel=ca.issue("panel"), outsider=ca.issue("outsider"),
-        expired=ca.issue("edged", expired=True), rogue=other.issue("edged"),
-    )  # fmt: skip
+        ca=ca,
+        other=other,
+        broker=ca.issue("broker", server=True),
+        edged=ca.issue("edged"),
+        panel=ca.issue("panel"),
+        outsider=ca.issue("outsider"),
+        expired=ca.issue("edged", expired=True),
+        rogue=other.issue("edged"),
+    )
 
 
 def _broker(pki: SimpleNamespace, workdir: Path, port: int | None = None) -> Mosquitto:
@@ -57,9 +63,12 @@ def _broker(pki: SimpleNamespace, workdir: Path, port: int | None = None) -> Mos
     acl = workdir / "mosquitto.acl"
     acl.write_text(ACL.read_text() + f"\nuser outsider\ntopic readwrite {SENTINEL}\n")
     conf = secure_broker_conf(
-        ca_file=pki.ca.ca_file, cert_file=pki.broker.cert, key_file=pki.broker.key,
-        password_file=password_file(workdir / "passwords", PASSWORDS), acl_file=acl,
-    )  # fmt: skip
+        ca_file=pki.ca.ca_file,
+        cert_file=pki.broker.cert,
+        key_file=pki.broker.key,
+        password_file=password_file(workdir / "passwords", PASSWORDS),
+        acl_file=acl,
+    )
     return Mosquitto(port or free_port(), workdir, conf)
 
 
@@ -71,8 +80,18 @@ def secure_broker(pki, tmp_path_factory) -> Iterator[Mosquitto]:
     broker.stop()
 
 
-def _edged(tmp_path: Path, model_dir: Path, port: int, *, ca: Path, cert, password: str = "edged-secret",
-           protocol: str = "5", node_id: str = NODE, **env: str) -> Edged:  # fmt: skip
+def _edged(
+    tmp_path: Path,
+    model_dir: Path,
+    port: int,
+    *,
+    ca: Path,
+    cert,
+    password: str = "edged-secret",
+    protocol: str = "5",
+    node_id: str = NODE,
+    **env: str,
+) -> Edged:
     """`edged run` for node hub as user edged; TLS files in the config, the password in a file."""
     (tmp_path / "mqtt-password").write_text(password + "\n")
     tls = f'\n[mqtt.tls]\nenabled = true\nca_file = "{ca}"\n'
@@ -80,17 +99,23 @@ def _edged(tmp_path: Path, model_dir: Path, port: int, *, ca: Path, cert, passwo
         tls += f'cert_file = "{cert.cert}"\nkey_file = "{cert.key}"\n'
     config = write_config(tmp_path / "edged.toml", model_dir, node_id, tls)
     env = {
-        "EDGED_MQTT__PORT": str(port), "EDGED_MQTT__USERNAME": "edged", "EDGED_MQTT__PROTOCOL": protocol,
+        "EDGED_MQTT__PORT": str(port),
+        "EDGED_MQTT__USERNAME": "edged",
+        "EDGED_MQTT__PROTOCOL": protocol,
         "EDGED_MQTT__PASSWORD_FILE": str(tmp_path / "mqtt-password"),
-        "EDGED_MQTT__RECONNECT_MIN_S": "1", "EDGED_MQTT__RECONNECT_MAX_S": "2", **env,
-    }  # fmt: skip
+        "EDGED_MQTT__RECONNECT_MIN_S": "1",
+        "EDGED_MQTT__RECONNECT_MAX_S": "2",
+        **env,
+    }
     return Edged(config, tmp_path / "edged.log", env)
 
 
 def _client(pki: SimpleNamespace, port: int, user: str, **kwargs) -> EdgedClient:
     cert = getattr(pki, user)
     context = client_context(ca_file=pki.ca.ca_file, cert_file=cert.cert, key_file=cert.key)
-    return EdgedClient(BASE, port=port, username=user, password=PASSWORDS[user], tls=context, timeout=RUN_TIMEOUT, **kwargs)
+    return EdgedClient(
+        BASE, port=port, username=user, password=PASSWORDS[user], tls=context, timeout=RUN_TIMEOUT, **kwargs
+    )
 
 
 def test_mutual_tls_and_password_under_the_shipped_acl(pki, secure_broker, tiny_model_dir, tmp_path):
@@ -133,8 +158,16 @@ def test_mutual_tls_and_password_under_the_shipped_acl(pki, secure_broker, tiny_
 
 def test_a_shared_group_member_under_the_shipped_acl(pki, secure_broker, tiny_model_dir, tmp_path):
     """In a shared group the ACL still fits: requests through $share, status and stats per instance."""
-    edged = _edged(tmp_path, tiny_model_dir, secure_broker.port, ca=pki.ca.ca_file, cert=pki.edged, node_id="gw-1",
-                   EDGED_BASE_TOPIC=BASE, EDGED_MQTT__SHARED_GROUP="edged")  # fmt: skip
+    edged = _edged(
+        tmp_path,
+        tiny_model_dir,
+        secure_broker.port,
+        ca=pki.ca.ca_file,
+        cert=pki.edged,
+        node_id="gw-1",
+        EDGED_BASE_TOPIC=BASE,
+        EDGED_MQTT__SHARED_GROUP="edged",
+    )
     try:
         with _client(pki, secure_broker.port, "panel") as panel:
             panel.subscribe(f"{BASE}/status/+")
@@ -163,8 +196,15 @@ def test_refused_credentials_stop_with_one_event_and_exit_3(case, pki, secure_br
     """Retrying cannot fix these: one error event naming the reason, no second attempt, exit code 3."""
     ca, cert, password, protocol, event, words = REFUSALS[case]
     seen = len(secure_broker.lines)
-    edged = _edged(tmp_path, tiny_model_dir, secure_broker.port, ca=getattr(pki, ca).ca_file,
-                   cert=getattr(pki, cert) if cert else None, password=password, protocol=protocol)  # fmt: skip
+    edged = _edged(
+        tmp_path,
+        tiny_model_dir,
+        secure_broker.port,
+        ca=getattr(pki, ca).ca_file,
+        cert=getattr(pki, cert) if cert else None,
+        password=password,
+        protocol=protocol,
+    )
     try:
         code = edged.proc.wait(RUN_TIMEOUT)
     finally:
@@ -190,6 +230,7 @@ def test_unreachable_broker_is_retried_with_backoff_then_served(pki, tiny_model_
     edged = _edged(tmp_path, tiny_model_dir, port, ca=pki.ca.ca_file, cert=pki.edged)
     broker = _broker(pki, tmp_path, port)
     try:
+
         def failures() -> list[dict]:
             found = [e for e in edged.events() if e["event"] == "mqtt_connect_failed"]
             return found if len(found) >= 3 else []
@@ -214,10 +255,23 @@ def test_unreachable_broker_is_retried_with_backoff_then_served(pki, tiny_model_
 
 def test_tls_settings_are_checked_up_front(pki, tmp_path):
     """Certificate and key go together, files must be readable and valid, and TLS files without TLS are refused."""
-    ok = Settings(mqtt={"tls": {"enabled": True, "ca_file": str(pki.ca.ca_file), "cert_file": str(pki.edged.cert),
-                                "key_file": str(pki.edged.key), "min_version": "1.3"}})  # fmt: skip
+    ok = Settings(
+        mqtt={
+            "tls": {
+                "enabled": True,
+                "ca_file": str(pki.ca.ca_file),
+                "cert_file": str(pki.edged.cert),
+                "key_file": str(pki.edged.key),
+                "min_version": "1.3",
+            }
+        }
+    )
     context = ok.mqtt.tls.context()
-    assert context.minimum_version == ssl.TLSVersion.TLSv1_3 and context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    assert (
+        context.minimum_version == ssl.TLSVersion.TLSv1_3
+        and context.verify_mode == ssl.CERT_REQUIRED
+        and context.check_hostname
+    )
     assert Settings(mqtt={"tls": {"enabled": True}}).mqtt.tls.context().minimum_version == ssl.TLSVersion.TLSv1_2
     not_pem = tmp_path / "not.pem"
     not_pem.write_text("hello")
@@ -239,8 +293,13 @@ def test_tls_settings_are_checked_up_front(pki, tmp_path):
 
     key = serialization.load_pem_private_key(pki.edged.key.read_bytes(), None)
     encrypted = tmp_path / "encrypted.key"
-    encrypted.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                            serialization.BestAvailableEncryption(b"passphrase")))  # fmt: skip
+    encrypted.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"passphrase"),
+        )
+    )
     with pytest.raises(ValidationError, match="the key file is encrypted"):
         Settings(mqtt={"tls": {"enabled": True, "cert_file": str(pki.edged.cert), "key_file": str(encrypted)}})
 
@@ -252,19 +311,28 @@ def test_config_check_shows_tls_and_never_the_password(pki, tmp_path):
         f'[mqtt]\nusername = "edged"\npassword = "hunter2"\nport = 8883\n'
         f'[mqtt.tls]\nenabled = true\nca_file = "{pki.ca.ca_file}"\ncert_file = "{pki.edged.cert}"\nkey_file = "{pki.edged.key}"\n'
     )
-    out = subprocess.run([sys.executable, "-m", "edged.cli", "config", "check", "--config", str(config)],
-                         capture_output=True, text=True, timeout=RUN_TIMEOUT)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "edged.cli", "config", "check", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+    )
     assert out.returncode == 0, out.stderr
     tls = json.loads(out.stdout)["mqtt"]["tls"]
-    assert tls == {"enabled": True, "ca_file": str(pki.ca.ca_file), "cert_file": str(pki.edged.cert),
-                   "key_file": str(pki.edged.key), "min_version": "1.2"}  # fmt: skip
+    assert tls == {
+        "enabled": True,
+        "ca_file": str(pki.ca.ca_file),
+        "cert_file": str(pki.edged.cert),
+        "key_file": str(pki.edged.key),
+        "min_version": "1.2",
+    }
     assert "hunter2" not in out.stdout
 
 
 def test_systemd_does_not_restart_after_a_refusal():
     """Exit code 3 (credentials or certificate refused) is not restarted, like 2 (configuration)."""
     from edged.app import EXIT_BROKER_REFUSED
-    from edged.service_files import systemd_unit
+    from edged.ops.service_files import systemd_unit
 
     lines = systemd_unit().splitlines()
     assert f"RestartPreventExitStatus=2 {EXIT_BROKER_REFUSED}" in lines
@@ -272,7 +340,7 @@ def test_systemd_does_not_restart_after_a_refusal():
 
 def test_which_tls_errors_are_final():
     """Certificate and version refusals are final; an EOF, a reset or a refused connection may pass."""
-    from edged.tls import refusal
+    from edged.bus.tls import refusal
 
     def alert(reason: str) -> ssl.SSLError:
         exc = ssl.SSLError(1, f"[SSL: {reason}] ...")
@@ -282,6 +350,12 @@ def test_which_tls_errors_are_final():
     assert "not trusted" in refusal(ssl.SSLCertVerificationError(1, "certificate verify failed"))
     assert "expired" in refusal(alert("SSLV3_ALERT_CERTIFICATE_EXPIRED"))
     assert "min_version" in refusal(alert("TLSV1_ALERT_PROTOCOL_VERSION"))
-    for transient in (ssl.SSLEOFError(8, "EOF"), ssl.SSLWantReadError(2, "want read"), alert("UNEXPECTED_EOF_WHILE_READING"),
-                      ConnectionResetError(104, "reset"), ConnectionRefusedError(111, "refused"), TimeoutError()):  # fmt: skip
+    for transient in (
+        ssl.SSLEOFError(8, "EOF"),
+        ssl.SSLWantReadError(2, "want read"),
+        alert("UNEXPECTED_EOF_WHILE_READING"),
+        ConnectionResetError(104, "reset"),
+        ConnectionRefusedError(111, "refused"),
+        TimeoutError(),
+    ):
         assert refusal(transient) is None, transient

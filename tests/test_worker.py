@@ -6,8 +6,8 @@ import threading
 import time
 
 from edged.protocol import Request, Result
-from edged.service import Job
-from edged.worker import Admission, Worker
+from edged.service.handler import Job
+from edged.service.worker import Admission, Worker
 
 
 class GatedService:
@@ -24,8 +24,14 @@ class GatedService:
 
 
 def _job(i: int) -> Job:
-    return Job(kind="command", request=Request(id=f"j{i}", text="x"), received_at=time.monotonic(),
-               deadline=None, reply_topic="r", include_reasoning=False)  # fmt: skip
+    return Job(
+        kind="command",
+        request=Request(id=f"j{i}", text="x"),
+        received_at=time.monotonic(),
+        deadline=None,
+        reply_topic="r",
+        include_reasoning=False,
+    )
 
 
 def _worker(service, done, size=2) -> Worker:

@@ -27,8 +27,13 @@ def run_child(module: str, job: dict[str, Any], workdir: Path, timeout: float | 
     job_path = workdir / f"{name}-job.json"
     job_path.write_text(json.dumps(job))
     with (workdir / f"{name}.log").open("wb") as err:
-        out = subprocess.run([sys.executable, "-m", module, str(job_path)], stdout=subprocess.PIPE, stderr=err,
-                             check=True, timeout=timeout)  # fmt: skip
+        out = subprocess.run(
+            [sys.executable, "-m", module, str(job_path)],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            check=True,
+            timeout=timeout,
+        )
     return json.loads(out.stdout.decode().strip().splitlines()[-1])
 
 
@@ -45,8 +50,12 @@ def timed(stream: Any, started: float) -> dict[str, Any]:
         count += 1
     ended = time.perf_counter()
     first = first or ended
-    return {"completion_tokens": count, "prefill_ms": (first - started) * 1000, "decode_ms": (ended - first) * 1000,
-            "total_ms": (ended - started) * 1000}  # fmt: skip
+    return {
+        "completion_tokens": count,
+        "prefill_ms": (first - started) * 1000,
+        "decode_ms": (ended - first) * 1000,
+        "total_ms": (ended - started) * 1000,
+    }
 
 
 def main(job_path: str) -> None:

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from edged.client import EdgedClient
+from edged.bus.client import EdgedClient
 
 START_TIMEOUT_S = 600  # model load included (a 4B model from a cold disk)
 
@@ -81,8 +81,12 @@ class BenchDaemon:
         self.log_path = workdir / "edged-bench.log"
         self._log = self.log_path.open("ab")
         env = {k: v for k, v in os.environ.items() if not k.startswith("EDGED_")}
-        self.proc = subprocess.Popen([sys.executable, "-m", "edged.cli", "run", "--config", str(self.config_path)],
-                                     stdout=self._log, stderr=self._log, env=env)  # fmt: skip
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "edged.cli", "run", "--config", str(self.config_path)],
+            stdout=self._log,
+            stderr=self._log,
+            env=env,
+        )
 
     def wait_online(self, client: EdgedClient, timeout: float = START_TIMEOUT_S) -> float:
         """Seconds until ``{base}/status`` said online (model loaded); raises if the process died first."""

@@ -20,10 +20,10 @@ from typing import Any
 
 import structlog
 
-from edged import simulator
 from edged.bench.daemon import BenchDaemon
 from edged.bench.run import choose_model
-from edged.stats import percentile
+from edged.diagnostics import simulator
+from edged.ops.stats import percentile
 
 log = structlog.get_logger("edged.bench")
 CONFIG = Path(__file__).resolve().parent.parent.parent / "config"
@@ -31,7 +31,11 @@ QUESTION = "why is pump 3 vibrating?"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="tiny", help="tiny (random Qwen3, thinks), smollm2 (answers without thinking), or a model path")
+    p.add_argument(
+        "--model",
+        default="tiny",
+        help="tiny (random Qwen3, thinks), smollm2 (answers without thinking), or a model path",
+    )
     p.add_argument("--queries", type=int, default=10, help=f"times {QUESTION!r} is asked")
     p.add_argument("--fault", choices=sorted(simulator.FAULTS), default="bearing")
     p.add_argument("--fault-pump", type=int, default=3)
@@ -40,8 +44,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--interval", type=float, default=0.1, help="seconds between rounds")
     p.add_argument("--think-max-tokens", type=int, default=1024)
     p.add_argument("--thinking-budget", type=int, default=256)
-    p.add_argument("--max-tokens", type=int, default=700, help="non-thinking budget (a model without thinking answers in it)")
-    p.add_argument("--telemetry-tokens", type=int, help="the prompt's telemetry budget (default: the pump-line example's)")
+    p.add_argument(
+        "--max-tokens", type=int, default=700, help="non-thinking budget (a model without thinking answers in it)"
+    )
+    p.add_argument(
+        "--telemetry-tokens", type=int, help="the prompt's telemetry budget (default: the pump-line example's)"
+    )
     p.add_argument("--json", type=Path, help="also write every figure and the results here")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=1883)
@@ -53,7 +61,7 @@ def _toml_value(v: Any) -> str:
 
 
 def pump_line_example() -> dict[str, Any]:
-    from edged.registry import tomllib
+    from edged.devices.registry import tomllib
 
     return tomllib.loads((CONFIG / "edged-pump-line.toml").read_text(encoding="utf-8"))
 
@@ -66,7 +74,10 @@ def daemon_toml(args: argparse.Namespace, model: Any, node: str, prefix: str) ->
         spec = {**spec, "topic": spec["topic"].replace("plant/", f"{prefix}/", 1)}
         sensors.append("[[telemetry.sensors]]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in spec.items()))
     window = "".join(f"{k} = {_toml_value(v)}\n" for k, v in example["telemetry"].items() if k != "sensors")
-    chosen = {**example["diagnostics"], **({"telemetry_tokens": args.telemetry_tokens} if args.telemetry_tokens else {})}
+    chosen = {
+        **example["diagnostics"],
+        **({"telemetry_tokens": args.telemetry_tokens} if args.telemetry_tokens else {}),
+    }
     diagnostics = "".join(f"{k} = {_toml_value(v)}\n" for k, v in chosen.items())
     return f"""node_id = "{node}"
 
@@ -136,7 +147,9 @@ def summarise_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "thinking_closed_by": {str(k): closed.count(k) for k in sorted(set(closed), key=str)} if thought else {},
         "prompt_tokens": statistics.median(r["usage"]["prompt_tokens"] for r in results) if results else None,
         "reasoning_tokens_p50": statistics.median(r["usage"]["reasoning_tokens"] for r in results) if results else None,
-        "completion_tokens_p50": statistics.median(r["usage"]["completion_tokens"] for r in results) if results else None,
+        "completion_tokens_p50": statistics.median(r["usage"]["completion_tokens"] for r in results)
+        if results
+        else None,
         "first_progress_ms_p50": statistics.median(first) if first else None,
         "first_progress_ms_max": max(first) if first else None,
         "latency_ms_p50": percentile([r["caller_ms"] for r in runs], 50),
@@ -145,7 +158,7 @@ def summarise_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edged.client import EdgedClient
+    from edged.bus.client import EdgedClient
 
     model = choose_model(args.model, None)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="edged-bench-diag-"))
@@ -158,28 +171,59 @@ def run(args: argparse.Namespace) -> int:
             load_s = daemon.wait_online(client)
             client.subscribe(f"{daemon.base}/result/+")
             client.subscribe(f"{daemon.base}/progress/+")
-            log.info("bench_simulating", pumps=args.pumps, steps=args.steps, fault=args.fault, fault_pump=args.fault_pump)
-            readings = simulator.run(client.publish, prefix, args.pumps, fault=args.fault, fault_pump=args.fault_pump,
-                                     steps=args.steps, interval_s=args.interval, wait=time.sleep)  # fmt: skip
-            client.request("command", {"text": "status check", "dispatch": False})  # answered after every reading was taken in
+            log.info(
+                "bench_simulating", pumps=args.pumps, steps=args.steps, fault=args.fault, fault_pump=args.fault_pump
+            )
+            readings = simulator.run(
+                client.publish,
+                prefix,
+                args.pumps,
+                fault=args.fault,
+                fault_pump=args.fault_pump,
+                steps=args.steps,
+                interval_s=args.interval,
+                wait=time.sleep,
+            )
+            client.request(
+                "command", {"text": "status check", "dispatch": False}
+            )  # answered after every reading was taken in
             runs = []
             for i in range(args.queries):
                 runs.append(ask(client, daemon.base, {"text": QUESTION, "include_reasoning": True}, timeout))
-                log.info("bench_query", n=i + 1, of=args.queries, ms=runs[-1]["caller_ms"], status=runs[-1]["result"].get("status"),
-                         closed_by=closed_by(runs[-1]["result"]))  # fmt: skip
+                log.info(
+                    "bench_query",
+                    n=i + 1,
+                    of=args.queries,
+                    ms=runs[-1]["caller_ms"],
+                    status=runs[-1]["result"].get("status"),
+                    closed_by=closed_by(runs[-1]["result"]),
+                )
             ten = [f"pump_{p}/{s}" for p in (1, 2) for s in simulator.NORMAL]
             wide = ask(client, daemon.base, {"text": "compare pumps 1 and 2", "context": {"sensors": ten}}, timeout)
     finally:
         code = daemon.stop()
     log.info("bench_daemon_stopped", exit_code=code, log=str(daemon.log_path))
     doc = {
-        "model": model.name, "fault": args.fault, "fault_pump": args.fault_pump, "readings": readings, "load_s": round(load_s, 1),
-        "thinking_budget": args.thinking_budget, "telemetry_tokens": args.telemetry_tokens or pump_line_example()["diagnostics"]["telemetry_tokens"], "question": QUESTION, "summary": summarise_runs(runs),
-        "ten_sensors": {"sensors": len((wide["result"].get("result") or {}).get("sensors", [])),
-                        "prompt_tokens": wide["result"]["usage"]["prompt_tokens"], "status": wide["result"].get("status")},
-        "example": next((r["result"] for r in reversed(runs) if r["result"].get("status") == "ok"), runs[-1]["result"] if runs else None),
+        "model": model.name,
+        "fault": args.fault,
+        "fault_pump": args.fault_pump,
+        "readings": readings,
+        "load_s": round(load_s, 1),
+        "thinking_budget": args.thinking_budget,
+        "telemetry_tokens": args.telemetry_tokens or pump_line_example()["diagnostics"]["telemetry_tokens"],
+        "question": QUESTION,
+        "summary": summarise_runs(runs),
+        "ten_sensors": {
+            "sensors": len((wide["result"].get("result") or {}).get("sensors", [])),
+            "prompt_tokens": wide["result"]["usage"]["prompt_tokens"],
+            "status": wide["result"].get("status"),
+        },
+        "example": next(
+            (r["result"] for r in reversed(runs) if r["result"].get("status") == "ok"),
+            runs[-1]["result"] if runs else None,
+        ),
         "runs": runs,
-    }  # fmt: skip
+    }
     print(render(doc), flush=True)
     if args.json:
         args.json.write_text(json.dumps(doc, indent=2, ensure_ascii=False))
@@ -188,7 +232,10 @@ def run(args: argparse.Namespace) -> int:
 
 def render(doc: dict[str, Any]) -> str:
     s = doc["summary"]
-    closed = ", ".join(f"{k}: {v}" for k, v in s["thinking_closed_by"].items()) or "no thinking (model without a thinking mode)"
+    closed = (
+        ", ".join(f"{k}: {v}" for k, v in s["thinking_closed_by"].items())
+        or "no thinking (model without a thinking mode)"
+    )
     lines = [
         f"edged bench-diagnostics: {doc['model']}, fault {doc['fault']} on pump {doc['fault_pump']}, {doc['readings']} readings",
         f"  queries                      {s['queries']} x {doc['question']!r}: ok {s['ok']}, statuses {s['statuses']}, mode {s['mode']}",
@@ -199,7 +246,7 @@ def render(doc: dict[str, Any]) -> str:
         f"  reasoning / completion p50   {s['reasoning_tokens_p50']} / {s['completion_tokens_p50']} tokens",
         f"  latency                      p50 {s['latency_ms_p50']} ms, p95 {s['latency_ms_p95']} ms (model load {doc['load_s']} s)",
         "  example result:",
-    ]  # fmt: skip
+    ]
     example = dict(doc["example"] or {})
     example.pop("reasoning", None)
     lines += ["    " + line for line in json.dumps(example, indent=2, ensure_ascii=False).splitlines()]

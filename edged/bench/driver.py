@@ -12,7 +12,7 @@ from typing import Any
 
 import structlog
 
-from edged.client import EdgedClient
+from edged.bus.client import EdgedClient
 
 log = structlog.get_logger("edged.bench")
 
@@ -41,8 +41,16 @@ class Sample:
         return self.usage.get("prompt_tokens", 0) > 0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "text": self.text, "status": self.status, "caller_ms": round(self.caller_ms, 1),
-                "usage": self.usage, "timing_ms": self.timing, "error": self.error, "during_query": self.during_query}  # fmt: skip
+        return {
+            "kind": self.kind,
+            "text": self.text,
+            "status": self.status,
+            "caller_ms": round(self.caller_ms, 1),
+            "usage": self.usage,
+            "timing_ms": self.timing,
+            "error": self.error,
+            "during_query": self.during_query,
+        }
 
 
 class Driver:
@@ -65,8 +73,16 @@ class Driver:
         msg = self.client.wait_for(lambda m: m.topic == f"{self.base}/result/{rid}", self.timeout, after=mark)
         doc = msg.json()
         error = (doc.get("error") or {}).get("code")
-        return Sample(kind, text, sent, msg.received_at, doc.get("status", "?"), doc.get("usage") or {},
-                      doc.get("timing_ms") or {}, error)  # fmt: skip
+        return Sample(
+            kind,
+            text,
+            sent,
+            msg.received_at,
+            doc.get("status", "?"),
+            doc.get("usage") or {},
+            doc.get("timing_ms") or {},
+            error,
+        )
 
     def command(self, text: str) -> Sample:
         rid, sent, mark = self.send("command", {"text": text})
@@ -81,7 +97,9 @@ class Driver:
             log.info("bench_command", phase="idle", n=i + 1, of=len(texts), ms=round(out[-1].caller_ms))
         return out
 
-    def during_query(self, texts: list[str], query: dict[str, Any], *, max_queries: int) -> tuple[list[Sample], list[Sample]]:
+    def during_query(
+        self, texts: list[str], query: dict[str, Any], *, max_queries: int
+    ) -> tuple[list[Sample], list[Sample]]:
         """Each command is sent while a long query is generating (a new query starts when the last one ended)."""
         commands: list[Sample] = []
         queries: list[Sample] = []
@@ -99,7 +117,13 @@ class Driver:
             done = self._result_at(running[0], running[2])
             sample.during_query = done is None or done > sample.sent_at
             commands.append(sample)
-            log.info("bench_command", phase="during_query", n=len(commands), ms=round(sample.caller_ms), during=sample.during_query)
+            log.info(
+                "bench_command",
+                phase="during_query",
+                n=len(commands),
+                ms=round(sample.caller_ms),
+                during=sample.during_query,
+            )
         if running is not None:  # stop it: the next phase must start on an idle daemon
             self.client.publish(f"{self.base}/cancel", json.dumps({"id": running[0]}))
             queries.append(self.result("query", running[0], running[1], running[2], query["text"]))
@@ -148,5 +172,8 @@ class Driver:
     def _wait_generating(self, rid: str, mark: int) -> None:
         """Until the query has produced a token (or ended: a model without progress still gets measured)."""
         progress, result = f"{self.base}/progress/{rid}", f"{self.base}/result/{rid}"
-        self.client.wait_for(lambda m: m.topic == result or (m.topic == progress and m.json().get("tokens", 0) > 0),
-                             self.timeout, after=mark)  # fmt: skip
+        self.client.wait_for(
+            lambda m: m.topic == result or (m.topic == progress and m.json().get("tokens", 0) > 0),
+            self.timeout,
+            after=mark,
+        )

@@ -33,14 +33,18 @@ def main(job_path: str) -> None:
     # As edged's first command (shown apart) builds its prefix cache, one untimed call puts the start
     # all prompts share (the system prompt) in llama.cpp's KV cache, so every timed prompt reuses it.
     first, *others = job["prompts"]
-    shared = min((next((i for i, (a, b) in enumerate(zip(first, o)) if a != b), len(o)) for o in others), default=len(first) - 1)
+    shared = min(
+        (next((i for i, (a, b) in enumerate(zip(first, o)) if a != b), len(o)) for o in others), default=len(first) - 1
+    )
     for _ in llm.create_completion(prompt=first[: max(1, shared)], max_tokens=1, temperature=0.0, top_k=1, stream=True):
         pass
     rows = []
     no_eos = {llm.token_eos(): float("-inf")}
     for ids, budget in zip(job["prompts"], job["max_tokens"]):
         started = time.perf_counter()
-        stream = llm.create_completion(prompt=ids, max_tokens=budget, temperature=0.0, top_k=1, stream=True, logit_bias=no_eos)
+        stream = llm.create_completion(
+            prompt=ids, max_tokens=budget, temperature=0.0, top_k=1, stream=True, logit_bias=no_eos
+        )
         row = timed(stream, started)
         rows.append({"prompt_tokens": len(ids), "max_tokens": budget, **row})
         print(json.dumps({"progress": len(rows), **row}), file=sys.stderr, flush=True)

@@ -7,7 +7,7 @@ from collections import Counter
 from typing import Any
 
 from edged.bench.driver import Sample
-from edged.stats import percentile
+from edged.ops.stats import percentile
 
 # The goals the figures are compared against (printed, never asserted).
 TARGETS = [
@@ -24,8 +24,13 @@ def _r(x: float | None, digits: int = 1) -> float | None:
 
 
 def latency(values: list[float]) -> dict[str, Any]:
-    return {"n": len(values), "p50_ms": _r(percentile(values, 50)), "p95_ms": _r(percentile(values, 95)),
-            "p99_ms": _r(percentile(values, 99)), "mean_ms": _r(statistics.fmean(values)) if values else None}  # fmt: skip
+    return {
+        "n": len(values),
+        "p50_ms": _r(percentile(values, 50)),
+        "p95_ms": _r(percentile(values, 95)),
+        "p99_ms": _r(percentile(values, 99)),
+        "mean_ms": _r(statistics.fmean(values)) if values else None,
+    }
 
 
 def rates(rows: list[dict[str, Any]]) -> dict[str, float | None]:
@@ -60,59 +65,90 @@ def overhead(samples: list[Sample]) -> dict[str, Any]:
         parts["other"].append(t.get("total", 0) - t.get("queue", 0) - t.get("prefill", 0) - t.get("decode", 0))
         callers += s.caller_ms
     med = {f"{k}_ms_p50": _r(statistics.median(v)) if v else None for k, v in parts.items() if k != "share"}
-    return {**med, "share_p50": _r(statistics.median(parts["share"]), 4) if samples else None,
-            "share_total": _r(sum(parts["overhead"]) / callers, 4) if callers else None}  # fmt: skip
+    return {
+        **med,
+        "share_p50": _r(statistics.median(parts["share"]), 4) if samples else None,
+        "share_total": _r(sum(parts["overhead"]) / callers, 4) if callers else None,
+    }
 
 
 def cache(samples: list[Sample], stats: dict[str, Any]) -> dict[str, Any]:
     ran = [s for s in samples if s.ran]
     prompt = sum(s.usage.get("prompt_tokens", 0) for s in ran)
     cached = [s.usage.get("cached_tokens", 0) for s in ran]
-    return {"hit_rate": _r(sum(c > 0 for c in cached) / len(ran), 4) if ran else None,
-            "cached_token_share": _r(sum(cached) / prompt, 4) if prompt else None,
-            "cached_tokens_mean": _r(statistics.fmean(cached)) if cached else None,
-            "cache_bytes": stats.get("cache_bytes"), "stats_cache_hit_rate": stats.get("cache_hit_rate")}  # fmt: skip
+    return {
+        "hit_rate": _r(sum(c > 0 for c in cached) / len(ran), 4) if ran else None,
+        "cached_token_share": _r(sum(cached) / prompt, 4) if prompt else None,
+        "cached_tokens_mean": _r(statistics.fmean(cached)) if cached else None,
+        "cache_bytes": stats.get("cache_bytes"),
+        "stats_cache_hit_rate": stats.get("cache_hit_rate"),
+    }
 
 
-def edged_figures(phases: dict[str, Any], stats: dict[str, Any], peak_rss_mb: float | None, load_s: float) -> dict[str, Any]:
+def edged_figures(
+    phases: dict[str, Any], stats: dict[str, Any], peak_rss_mb: float | None, load_s: float
+) -> dict[str, Any]:
     idle: list[Sample] = phases["idle"]
     during = [s for s in phases["during_query"] if s.during_query]
     throughput = {}
     for c, (samples, wall) in phases["throughput"].items():
         done = [s for s in samples if s.ran]
-        throughput[str(c)] = {"commands": len(done), "errors": len(samples) - len(done), "seconds": _r(wall, 2),
-                              "per_s": _r(len(done) / wall, 3) if wall else None,
-                              **{k: v for k, v in latency([s.caller_ms for s in samples]).items() if k in ("p50_ms", "p95_ms")}}  # fmt: skip
-    everything = [phases["warmup"], *idle, *phases["during_query"]] + [s for samples, _ in phases["throughput"].values() for s in samples]
+        throughput[str(c)] = {
+            "commands": len(done),
+            "errors": len(samples) - len(done),
+            "seconds": _r(wall, 2),
+            "per_s": _r(len(done) / wall, 3) if wall else None,
+            **{k: v for k, v in latency([s.caller_ms for s in samples]).items() if k in ("p50_ms", "p95_ms")},
+        }
+    everything = [phases["warmup"], *idle, *phases["during_query"]] + [
+        s for samples, _ in phases["throughput"].values() for s in samples
+    ]
     queries = phases["queries"]
     return {
         "first_command_ms": _r(phases["warmup"].caller_ms),  # the first after start-up (model.warm_up prepared it)
-        "idle": {**latency([s.caller_ms for s in idle]), "edged_total_p50_ms": _r(percentile([s.timing.get("total", 0) for s in idle], 50))},
-        "during_query": {**latency([s.caller_ms for s in during]), "sent": len(phases["during_query"]), "queries": len(queries),
-                         "query_ms_p50": _r(percentile([q.caller_ms for q in queries], 50)),
-                         "query_tokens_p50": percentile([q.usage.get("completion_tokens", 0) for q in queries], 50)},
+        "idle": {
+            **latency([s.caller_ms for s in idle]),
+            "edged_total_p50_ms": _r(percentile([s.timing.get("total", 0) for s in idle], 50)),
+        },
+        "during_query": {
+            **latency([s.caller_ms for s in during]),
+            "sent": len(phases["during_query"]),
+            "queries": len(queries),
+            "query_ms_p50": _r(percentile([q.caller_ms for q in queries], 50)),
+            "query_tokens_p50": percentile([q.usage.get("completion_tokens", 0) for q in queries], 50),
+        },
         "throughput": throughput,
         **rates([_row(s) for s in idle if s.ran]),
-        "usage_p50": {k: percentile([s.usage.get(k, 0) for s in idle], 50) for k in ("prompt_tokens", "cached_tokens", "completion_tokens", "forced_tokens")},
+        "usage_p50": {
+            k: percentile([s.usage.get(k, 0) for s in idle], 50)
+            for k in ("prompt_tokens", "cached_tokens", "completion_tokens", "forced_tokens")
+        },
         "cache": cache(everything, stats),
         "overhead": overhead([s for s in idle if s.ran]),
         "peak_rss_mb": peak_rss_mb if peak_rss_mb is not None else _r((stats.get("rss_bytes_max") or 0) / 2**20),
         "load_s": _r(load_s, 2),
         "statuses": dict(Counter(s.status for s in everything)),
-    }  # fmt: skip
+    }
 
 
 def reference_figures(result: dict[str, Any]) -> dict[str, Any]:
     rows = result["rows"]
-    return {**latency([r["total_ms"] for r in rows]), **rates(rows), "peak_rss_mb": result.get("peak_rss_mb"),
-            "load_s": _r(result.get("load_s"), 2), "rows": rows}  # fmt: skip
+    return {
+        **latency([r["total_ms"] for r in rows]),
+        **rates(rows),
+        "peak_rss_mb": result.get("peak_rss_mb"),
+        "load_s": _r(result.get("load_s"), 2),
+        "rows": rows,
+    }
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 4) if a is not None and b else None
 
 
-def ratios(edged: dict[str, Any], baseline: dict[str, Any] | None, llama: dict[str, Any] | None) -> dict[str, float | None]:
+def ratios(
+    edged: dict[str, Any], baseline: dict[str, Any] | None, llama: dict[str, Any] | None
+) -> dict[str, float | None]:
     tp = edged["throughput"]
     out = {
         "during_query_p95_vs_idle": _ratio(edged["during_query"]["p95_ms"], edged["idle"]["p95_ms"]),

@@ -28,30 +28,60 @@ from edged.bench.driver import Driver, Sample
 from edged.bench.workload import DEFAULT_CASES, DEFAULT_REGISTRY, THINKING_QUERY, command_messages, load_workload
 
 log = structlog.get_logger("edged.bench")
-QUICK = {"requests": 3, "during_query": 2, "throughput_requests": 8, "max_tokens": 16, "think_max_tokens": 64,
-         "thinking_budget": 48, "baseline_requests": 1, "llama_cpp": False}  # fmt: skip
+QUICK = {
+    "requests": 3,
+    "during_query": 2,
+    "throughput_requests": 8,
+    "max_tokens": 16,
+    "think_max_tokens": 64,
+    "thinking_budget": 48,
+    "baseline_requests": 1,
+    "llama_cpp": False,
+}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="smollm2", help="smollm2 (offline SmolLM2-135M), tiny (random Qwen3), or a model path / cached repo id")
-    p.add_argument("--gguf", type=Path, help="the same weights as GGUF, for the llama.cpp column (default for smollm2: its GGUF)")
+    p.add_argument(
+        "--model",
+        default="smollm2",
+        help="smollm2 (offline SmolLM2-135M), tiny (random Qwen3), or a model path / cached repo id",
+    )
+    p.add_argument(
+        "--gguf", type=Path, help="the same weights as GGUF, for the llama.cpp column (default for smollm2: its GGUF)"
+    )
     p.add_argument("--registry", type=Path, default=DEFAULT_REGISTRY, help="device registry the commands address")
-    p.add_argument("--cases", type=Path, default=DEFAULT_CASES, help="JSONL with a command text per line ({\"text\": ...})")
+    p.add_argument(
+        "--cases", type=Path, default=DEFAULT_CASES, help='JSONL with a command text per line ({"text": ...})'
+    )
     p.add_argument("--requests", type=int, default=10, help="idle commands, one at a time")
     p.add_argument("--during-query", type=int, default=3, help="commands sent while a long query is generating")
     p.add_argument("--throughput-requests", type=int, default=8, help="commands per concurrency level")
     p.add_argument("--concurrency", default="1,4,8", help="comma-separated concurrency levels")
     p.add_argument("--seed", type=int, default=0, help="order of the commands")
-    p.add_argument("--max-tokens", type=int, default=256, help="non-thinking budget (commands; queries on models that cannot think)")
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        default=256,
+        help="non-thinking budget (commands; queries on models that cannot think)",
+    )
     p.add_argument("--think-max-tokens", type=int, default=1024)
     p.add_argument("--thinking-budget", type=int, default=768)
-    p.add_argument("--baseline-requests", type=int, default=2, help="prompts for raw mlx-lm (slow as shipped on a CPU: ~80 s each)")
-    p.add_argument("--llama-cpp", action=argparse.BooleanOptionalAction, default=True, help="the llama.cpp column, when llama_cpp is installed")
+    p.add_argument(
+        "--baseline-requests", type=int, default=2, help="prompts for raw mlx-lm (slow as shipped on a CPU: ~80 s each)"
+    )
+    p.add_argument(
+        "--llama-cpp",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the llama.cpp column, when llama_cpp is installed",
+    )
     p.add_argument("--json", type=Path, help="also write every figure (and the samples) here")
     p.add_argument("--host", default="127.0.0.1", help="MQTT broker")
     p.add_argument("--port", type=int, default=1883)
     p.add_argument("--workdir", type=Path, help="config, logs and child jobs (default: a new temporary directory)")
-    p.add_argument("--quick", action="store_true", help="tiny settings for CI: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()))
+    p.add_argument(
+        "--quick", action="store_true", help="tiny settings for CI: " + ", ".join(f"{k}={v}" for k, v in QUICK.items())
+    )
 
 
 @dataclass(frozen=True)
@@ -62,25 +92,39 @@ class ModelChoice:
 
 
 def choose_model(which: str, gguf: Path | None) -> ModelChoice:
-    from edged.model_files import resolve_model_path
+    from edged.models.files import resolve_model_path
 
     if which in ("smollm2", "tiny"):
-        from edged.demo import DEMO_MODELS, _model_dir
-        from edged.models import demo_gguf
+        from edged.models.store import OFFLINE_MODELS, demo_gguf, offline_model_dir
 
-        return ModelChoice(_model_dir(which), DEMO_MODELS[which]["name"], gguf or (demo_gguf() if which == "smollm2" else None))
+        return ModelChoice(
+            offline_model_dir(which),
+            OFFLINE_MODELS[which]["name"],
+            gguf or (demo_gguf() if which == "smollm2" else None),
+        )
     path = resolve_model_path(which)
     return ModelChoice(path, Path(which.rstrip("/")).name, gguf)
 
 
 def drive(args: argparse.Namespace, model: ModelChoice, workdir: Path) -> dict[str, Any]:
     """Start edged, run the three phases over MQTT, read its peak memory, stop it."""
-    from edged.client import EdgedClient
+    from edged.bus.client import EdgedClient
 
     node = f"bench-{uuid.uuid4().hex[:8]}"
-    config = DaemonConfig(str(model.path), model.name, args.registry.resolve(), node, args.host, args.port,
-                          args.max_tokens, args.think_max_tokens, args.thinking_budget)  # fmt: skip
-    workload = load_workload(args.cases, seed=args.seed, n=max(args.requests, args.during_query, args.throughput_requests))
+    config = DaemonConfig(
+        str(model.path),
+        model.name,
+        args.registry.resolve(),
+        node,
+        args.host,
+        args.port,
+        args.max_tokens,
+        args.think_max_tokens,
+        args.thinking_budget,
+    )
+    workload = load_workload(
+        args.cases, seed=args.seed, n=max(args.requests, args.during_query, args.throughput_requests)
+    )
     daemon = BenchDaemon(config.toml(), node, workdir)
     try:
         with EdgedClient(daemon.base, host=args.host, port=args.port, timeout=30) as client:
@@ -98,17 +142,27 @@ def drive(args: argparse.Namespace, model: ModelChoice, workdir: Path) -> dict[s
             phases["throughput"] = {c: driver.throughput(workload.take(args.throughput_requests), c) for c in levels}
             mark = client.count()
             stats_topic = f"{daemon.base}/stats"
-            last = client.wait_for(lambda m: m.topic == stats_topic, 10, after=mark).json()  # one published after the work
+            last = client.wait_for(
+                lambda m: m.topic == stats_topic, 10, after=mark
+            ).json()  # one published after the work
             rss = [m.json().get("rss_bytes") or 0 for m in client.messages(stats_topic)]
             stats = {**last, "rss_bytes_max": max(rss)}
             peak = daemon.peak_rss_mb()
     finally:
         code = daemon.stop()
     log.info("bench_daemon_stopped", exit_code=code, log=str(daemon.log_path))
-    return {"phases": phases, "stats": stats, "peak_rss_mb": peak, "load_s": load_s, "texts": workload.take(args.requests)}
+    return {
+        "phases": phases,
+        "stats": stats,
+        "peak_rss_mb": peak,
+        "load_s": load_s,
+        "texts": workload.take(args.requests),
+    }
 
 
-def references(args: argparse.Namespace, model: ModelChoice, idle: list[Sample], texts: list[str], workdir: Path) -> dict[str, Any]:
+def references(
+    args: argparse.Namespace, model: ModelChoice, idle: list[Sample], texts: list[str], workdir: Path
+) -> dict[str, Any]:
     """Raw mlx-lm on the first prompts, llama.cpp on all: same rendered prompts, same number of new tokens."""
     budgets = [max(1, min(args.max_tokens, s.usage.get("completion_tokens", 0))) for s in idle]
     out: dict[str, Any] = {"notes": []}
@@ -118,9 +172,11 @@ def references(args: argparse.Namespace, model: ModelChoice, idle: list[Sample],
     same = [len(p) == s.usage.get("prompt_tokens") for p, s in zip(raw["prompts"], idle)]
     out["same_prompts"] = all(same)
     out["baseline"] = report.reference_figures(raw) if n else None
-    out["notes"].append(f"raw mlx-lm: {n} of the {len(idle)} idle prompts (as shipped it is slow), same token ids "
-                        f"({'identical lengths' if all(same) else 'LENGTHS DIFFER: ' + str(same)}), "
-                        "exactly the tokens edged generated for that prompt (end-of-sequence suppressed), greedy, no cache")  # fmt: skip
+    out["notes"].append(
+        f"raw mlx-lm: {n} of the {len(idle)} idle prompts (as shipped it is slow), same token ids "
+        f"({'identical lengths' if all(same) else 'LENGTHS DIFFER: ' + str(same)}), "
+        "exactly the tokens edged generated for that prompt (end-of-sequence suppressed), greedy, no cache"
+    )
     if not args.llama_cpp:
         reason = "off (--no-llama-cpp)"
     elif not llamacpp.available():
@@ -130,13 +186,19 @@ def references(args: argparse.Namespace, model: ModelChoice, idle: list[Sample],
     else:
         reason = None
         try:
-            ref = run_child("edged.bench.llamacpp", {"gguf": str(model.gguf), "prompts": raw["prompts"], "max_tokens": budgets}, workdir)
+            ref = run_child(
+                "edged.bench.llamacpp",
+                {"gguf": str(model.gguf), "prompts": raw["prompts"], "max_tokens": budgets},
+                workdir,
+            )
         except subprocess.CalledProcessError as exc:  # a broken build must not cost the rest of the run
             reason = f"the llama.cpp process failed (exit code {exc.returncode}; see {workdir / 'llamacpp.log'})"
     if reason is None:
         out["llama_cpp"] = report.reference_figures(ref)
-        out["notes"].append(f"llama.cpp: {model.gguf.name}, all {len(budgets)} idle prompts, one Llama object (prompt reuse), "
-                            "greedy, exactly the tokens edged generated for each prompt (end-of-sequence suppressed)")  # fmt: skip
+        out["notes"].append(
+            f"llama.cpp: {model.gguf.name}, all {len(budgets)} idle prompts, one Llama object (prompt reuse), "
+            "greedy, exactly the tokens edged generated for each prompt (end-of-sequence suppressed)"
+        )
     if reason:
         out["llama_cpp"] = None
         out["notes"].append(f"llama.cpp column: {reason}")
@@ -147,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
     if args.quick:
         for key, value in QUICK.items():
             setattr(args, key, value)
-    from edged.registry import load_registry
+    from edged.devices.registry import load_registry
 
     model = choose_model(args.model, args.gguf)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="edged-bench-"))
@@ -155,10 +217,20 @@ def run(args: argparse.Namespace) -> int:
     measured = drive(args, model, workdir)
     idle = measured["phases"]["idle"]
     phases = measured["phases"]
-    (workdir / "edged-samples.json").write_text(json.dumps({  # kept even if a slow reference run is interrupted
-        "warmup": phases["warmup"].as_dict(), "idle": [s.as_dict() for s in idle],
-        "during_query": [s.as_dict() for s in phases["during_query"]], "queries": [s.as_dict() for s in phases["queries"]],
-        "throughput": {str(c): {"seconds": v[1], "samples": [s.as_dict() for s in v[0]]} for c, v in phases["throughput"].items()}}))  # fmt: skip
+    (workdir / "edged-samples.json").write_text(
+        json.dumps(
+            {  # kept even if a slow reference run is interrupted
+                "warmup": phases["warmup"].as_dict(),
+                "idle": [s.as_dict() for s in idle],
+                "during_query": [s.as_dict() for s in phases["during_query"]],
+                "queries": [s.as_dict() for s in phases["queries"]],
+                "throughput": {
+                    str(c): {"seconds": v[1], "samples": [s.as_dict() for s in v[0]]}
+                    for c, v in phases["throughput"].items()
+                },
+            }
+        )
+    )
     refs = references(args, model, idle, measured["texts"], workdir)
     edged = report.edged_figures(measured["phases"], measured["stats"], measured["peak_rss_mb"], measured["load_s"])
     ratios = report.ratios(edged, refs["baseline"], refs["llama_cpp"])
@@ -167,20 +239,42 @@ def run(args: argparse.Namespace) -> int:
     machine = f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores"
     doc = {
         "title": f"edged bench: {model.name} on {args.registry.name} ({devices} devices, prompt ~{edged['usage_p50']['prompt_tokens']} tokens), "
-                 f"seed {args.seed}, {when}, {machine}",
-        "meta": {"date": when, "machine": machine, "python": platform.python_version(), "model": model.name,
-                 "model_path": str(model.path), "registry": str(args.registry), "devices": devices, "seed": args.seed,
-                 "requests": args.requests, "during_query": args.during_query, "throughput_requests": args.throughput_requests,
-                 "max_tokens": args.max_tokens, "quick": args.quick, "workdir": str(workdir)},
-        "edged": edged, "baseline": refs["baseline"], "llama_cpp": refs["llama_cpp"], "same_prompts": refs["same_prompts"],
-        "ratios": ratios, "targets": report.targets(ratios),
-        "notes": ["latency = caller's publish -> result received; overhead = latency - (prefill + decode - mask)",
-                  *refs["notes"], "the machine may be shared: compare the ratios of one run, not absolute times"],
-        "samples": {"warmup": measured["phases"]["warmup"].as_dict(), "idle": [s.as_dict() for s in idle],
-                    "during_query": [s.as_dict() for s in measured["phases"]["during_query"]],
-                    "queries": [s.as_dict() for s in measured["phases"]["queries"]],
-                    "throughput": {str(c): [s.as_dict() for s in v[0]] for c, v in measured["phases"]["throughput"].items()}},
-    }  # fmt: skip
+        f"seed {args.seed}, {when}, {machine}",
+        "meta": {
+            "date": when,
+            "machine": machine,
+            "python": platform.python_version(),
+            "model": model.name,
+            "model_path": str(model.path),
+            "registry": str(args.registry),
+            "devices": devices,
+            "seed": args.seed,
+            "requests": args.requests,
+            "during_query": args.during_query,
+            "throughput_requests": args.throughput_requests,
+            "max_tokens": args.max_tokens,
+            "quick": args.quick,
+            "workdir": str(workdir),
+        },
+        "edged": edged,
+        "baseline": refs["baseline"],
+        "llama_cpp": refs["llama_cpp"],
+        "same_prompts": refs["same_prompts"],
+        "ratios": ratios,
+        "targets": report.targets(ratios),
+        "notes": [
+            "latency = caller's publish -> result received; overhead = latency - (prefill + decode - mask)",
+            *refs["notes"],
+            "the machine may be shared: compare the ratios of one run, not absolute times",
+        ],
+        "samples": {
+            "warmup": measured["phases"]["warmup"].as_dict(),
+            "idle": [s.as_dict() for s in idle],
+            "during_query": [s.as_dict() for s in measured["phases"]["during_query"]],
+            "queries": [s.as_dict() for s in measured["phases"]["queries"]],
+            "throughput": {str(c): [s.as_dict() for s in v[0]] for c, v in measured["phases"]["throughput"].items()},
+        },
+    }
     print(table.render(doc), flush=True)
     if args.json:
         args.json.write_text(json.dumps(doc, indent=2))

@@ -20,7 +20,7 @@ def _ratio(a: Any, b: Any) -> str:
 
 
 def render(doc: dict[str, Any]) -> str:
-    e, b, l = doc["edged"], doc.get("baseline") or {}, doc.get("llama_cpp") or {}
+    e, b, lc = doc["edged"], doc.get("baseline") or {}, doc.get("llama_cpp") or {}
     lines = [doc["title"], f"{'':44}" + "".join(f"{c:>13}" for c in COLUMNS)]
 
     def row(label: str, ev: Any, bv: Any = None, lv: Any = None, spec: str = ".1f") -> None:
@@ -29,7 +29,7 @@ def render(doc: dict[str, Any]) -> str:
 
     row("first command ms (after start-up)", e["first_command_ms"])
     for p in ("p50", "p95", "p99"):
-        row(f"command latency idle {p} ms", e["idle"][f"{p}_ms"], b.get(f"{p}_ms"), l.get(f"{p}_ms"))
+        row(f"command latency idle {p} ms", e["idle"][f"{p}_ms"], b.get(f"{p}_ms"), lc.get(f"{p}_ms"))
     dq = e["during_query"]
     for p in ("p50", "p95", "p99"):
         row(f"  while a query runs {p} ms (vs idle: {_ratio(dq[f'{p}_ms'], e['idle'][f'{p}_ms'])})", dq[f"{p}_ms"])
@@ -37,15 +37,25 @@ def render(doc: dict[str, Any]) -> str:
         row(f"throughput, concurrency {c}, commands/s", t["per_s"], spec=".3f")
     if "1" in e["throughput"] and "8" in e["throughput"]:
         lines.append(f"  concurrency 8 vs 1: {_ratio(e['throughput']['8']['per_s'], e['throughput']['1']['per_s'])}")
-    row("prompt tok/s (whole prompt / time to 1st token)", e["prompt_tok_s"], b.get("prompt_tok_s"), l.get("prompt_tok_s"))
-    row("prefill tok/s (tokens computed, cache excluded)", e["prefill_tok_s"], b.get("prefill_tok_s"), l.get("prefill_tok_s"))
-    row("decode tok/s", e["decode_tok_s"], b.get("decode_tok_s"), l.get("decode_tok_s"))
+    row(
+        "prompt tok/s (whole prompt / time to 1st token)",
+        e["prompt_tok_s"],
+        b.get("prompt_tok_s"),
+        lc.get("prompt_tok_s"),
+    )
+    row(
+        "prefill tok/s (tokens computed, cache excluded)",
+        e["prefill_tok_s"],
+        b.get("prefill_tok_s"),
+        lc.get("prefill_tok_s"),
+    )
+    row("decode tok/s", e["decode_tok_s"], b.get("decode_tok_s"), lc.get("decode_tok_s"))
     c = e["cache"]
     row("prompt-cache hit rate (commands)", c["hit_rate"], spec=".3f")
     row("cached tokens per command (mean)", c["cached_tokens_mean"])
     row("cached share of prompt tokens", c["cached_token_share"], spec=".3f")
     row("prefix cache MB (stats topic)", c["cache_bytes"] / 2**20 if c["cache_bytes"] is not None else None)
-    row("peak RSS MB", e["peak_rss_mb"], b.get("peak_rss_mb"), l.get("peak_rss_mb"))
+    row("peak RSS MB", e["peak_rss_mb"], b.get("peak_rss_mb"), lc.get("peak_rss_mb"))
     o = e["overhead"]
     row("edged overhead p50 ms (caller - model)", o["overhead_ms_p50"])
     row("  bus (caller - timing.total) p50 ms", o["bus_ms_p50"], spec=".2f")

@@ -10,14 +10,23 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_REGISTRY = REPO / "config" / "registry-home.toml"
-DEFAULT_CASES = REPO / "bench" / "eval" / "home.jsonl"
+DEFAULT_CASES = Path(__file__).resolve().parent / "eval" / "home.jsonl"
 
 # A diagnostic question with readings: long enough to keep the model busy while commands arrive.
 THINKING_QUERY: dict[str, Any] = {
     "text": "why is pump 3 vibrating? Go through every possible cause before you answer.",
-    "context": {"pump3": {"vibration_mm_s": 7.9, "vibration_normal_mm_s": 2.5, "bearing_temp_c": 71,
-                          "flow_m3_h": 11.2, "flow_normal_m3_h": 15, "motor_current_a": 18.4, "hours_since_service": 9100}},
-}  # fmt: skip
+    "context": {
+        "pump3": {
+            "vibration_mm_s": 7.9,
+            "vibration_normal_mm_s": 2.5,
+            "bearing_temp_c": 71,
+            "flow_m3_h": 11.2,
+            "flow_normal_m3_h": 15,
+            "motor_current_a": 18.4,
+            "hours_since_service": 9100,
+        }
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -44,10 +53,12 @@ def load_workload(cases: Path, *, seed: int, n: int) -> Workload:
 
 def command_messages(registry: Path, texts: list[str]) -> list[list[dict[str, str]]]:
     """The chat messages edged builds for each command (its own prompt code; no device states)."""
-    from edged.commands import DeviceControl
-    from edged.confirmations import Confirmations
-    from edged.device_state import DeviceStates
-    from edged.registry import RegistryStore
+    from edged.devices.commands import DeviceControl
+    from edged.devices.confirmations import Confirmations
+    from edged.devices.registry import RegistryStore
+    from edged.devices.state import DeviceStates
 
-    control = DeviceControl(RegistryStore(registry), DeviceStates(), Confirmations(60), lambda _t, _p: None, dispatch_default=False)
+    control = DeviceControl(
+        RegistryStore(registry), DeviceStates(), Confirmations(60), lambda _t, _p: None, dispatch_default=False
+    )
     return [control.prepare(text, context=None, history=())[1] for text in texts]

@@ -1,0 +1,1 @@
+"""MQTT transport: the only package that imports paho. Knows topics and bytes, not models."""

@@ -1,0 +1,1 @@
+"""Devices: the registry, the actions it allows, command resolution, confirmations and device state."""

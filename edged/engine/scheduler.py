@@ -1,0 +1,282 @@
+"""The engine loop: one thread owns the model and advances every generation in flight, step by step.
+
+Part of the engine (imports mlx). Each step serves one priority class (``high`` commands before
+``normal`` queries before ``low``):
+
+- a **prefill** step feeds up to ``prefill_chunk`` prompt tokens of the class's next waiting
+  sequence into its own KV cache (the static prompt prefix is taken from, and stored in, the
+  prefix cache);
+- a **decode** step feeds every decoding sequence of the class its pending tokens in one batched
+  forward pass (a ``RaggedKVCache``: when some sequence feeds a forced multi-token chunk, the
+  shorter rows are padded in front and the padding is masked, at most ``BATCH_STEP_TOKENS`` in
+  all) and samples the next token of each sequence whose chunk is in, with its own sampler and
+  grammar.
+
+A command arriving while a query is thinking is therefore served from the next step on; the
+query's KV cache stays in its batch until its class runs again (preemption, no recomputation).
+Fairness: a runnable lower class that has waited ``fair_share`` steps gets the next step.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import mlx.core as mx
+import structlog
+from mlx_lm.models.cache import make_prompt_cache
+
+from edged.engine.batch_cache import RaggedKVCache
+from edged.engine.decoding import Sequence
+from edged.engine.forward import Forward
+from edged.engine.prefix_cache import PrefixCache
+
+log = structlog.get_logger("edged.scheduler")
+PRIORITIES = ("high", "normal", "low")  # most urgent first
+# Tokens one batched decode step feeds at most (a lone sequence feeds its whole forced chunk): in a
+# batch, every row is padded to the longest, so long forced chunks are fed a few tokens per step.
+BATCH_STEP_TOKENS = 32
+
+
+class _Class:
+    """The sequences of one priority: waiting for prefill (in order) and decoding together."""
+
+    def __init__(self) -> None:
+        self.waiting: deque[Sequence] = deque()
+        self.batch: list[Sequence] = []
+        self.cache: list[Any] | None = None  # per-layer batch KV cache of ``batch``
+        self.shared: list[int] = []  # the leading tokens every row of ``batch`` has, held once
+        self.decoded_last = False  # alternate prefill and decode steps while both have work
+        self.waited = 0  # steps given to other classes while this one was runnable
+
+    def runnable(self, max_batch: int) -> bool:
+        return bool(self.batch) or (bool(self.waiting) and len(self.batch) < max_batch)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        model: Any,
+        *,
+        prefixes: PrefixCache | None,
+        max_batch: int,
+        fair_share: int,
+        prefill_chunk: int,
+        share_prefix: bool = False,
+    ):
+        """``share_prefix``: a batch holds its rows' common prompt start once (the attention must know
+        ``RaggedKVCache.shared``: edged.engine.attention does)."""
+        self._model = model
+        self._forward = Forward(model)
+        self.share_prefix = share_prefix
+        self._prefixes = prefixes
+        self.max_batch = max_batch
+        self.fair_share = fair_share
+        self.prefill_chunk = prefill_chunk
+        self._cond = threading.Condition()
+        self._incoming: list[Sequence] = []
+        self._classes = {p: _Class() for p in PRIORITIES}
+        self._closed = False
+        self.steps = 0  # steps taken since start
+        self.largest_batch = 0  # the most sequences one decode step has fed
+        self._thread = threading.Thread(target=self._run, name="edged-engine", daemon=True)
+        self._thread.start()
+
+    def run(self, seq: Sequence) -> Sequence:
+        """Generate ``seq`` to its end (blocking the calling thread); raises what generation raised."""
+        if seq.priority not in self._classes:
+            raise ValueError(f"unknown priority {seq.priority!r}")
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the engine is closed")
+            self._incoming.append(seq)
+            self._cond.notify()
+        seq.done.wait()
+        if seq.error is not None:
+            raise seq.error
+        return seq
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout=30)
+
+    @property
+    def packed_steps(self) -> int:
+        """Decode steps whose padded rows ran on their real positions only (see ``edged.engine.forward``)."""
+        return self._forward.packed_steps
+
+    def in_flight(self) -> int:
+        with self._cond:
+            return len(self._incoming) + sum(len(c.waiting) + len(c.batch) for c in self._classes.values())
+
+    # -- the loop ---------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._incoming and not self._closed and self._pick(dry=True) is None:
+                    self._cond.wait()
+                if self._closed:
+                    break
+                for seq in self._incoming:
+                    seq.step_span = (self.steps, 0, 0)
+                    self._classes[seq.priority].waiting.append(seq)
+                self._incoming = []
+                priority = self._pick()
+            if priority is not None:
+                self._step(self._classes[priority])
+        for c in self._classes.values():  # closed: nothing more will run
+            for seq in [*c.waiting, *c.batch]:
+                seq.fail(RuntimeError("the engine was closed"))
+
+    def _pick(self, *, dry: bool = False) -> str | None:
+        """The class to serve next: the most urgent runnable one, unless a lower one has waited its share."""
+        runnable = [p for p in PRIORITIES if self._classes[p].runnable(self.max_batch)]
+        if not runnable or dry:
+            return runnable[0] if runnable else None
+        starved = [p for p in runnable[1:] if self._classes[p].waited >= self.fair_share]
+        choice = max(starved, key=lambda p: self._classes[p].waited) if starved else runnable[0]
+        for p in PRIORITIES:
+            c = self._classes[p]
+            c.waited = c.waited + 1 if p in runnable and p != choice else 0
+        return choice
+
+    def _step(self, c: _Class) -> None:
+        self.steps += 1
+        prefill = bool(c.waiting) and len(c.batch) < self.max_batch and (not c.batch or c.decoded_last)
+        if prefill:
+            seq = c.waiting[0]
+            try:
+                self._prefill(c, seq)
+            except Exception as exc:
+                log.exception("prefill_failed")
+                if c.waiting and c.waiting[0] is seq:
+                    c.waiting.popleft()
+                seq.fail(exc)
+        else:
+            try:
+                self._decode(c)
+            except Exception as exc:
+                log.exception("decode_failed", batch=len(c.batch))
+                for seq in c.batch:
+                    seq.fail(exc)
+                c.batch, c.cache = [], None
+        c.decoded_last = not prefill
+
+    # -- prefill: one sequence, its own cache ---------------------------------------------
+    def _prefill(self, c: _Class, seq: Sequence) -> None:
+        if seq.cache is None:  # its first step: take the longest cached start of the prompt
+            seq.step_span = (seq.step_span[0], self.steps, 0)
+            cache, cached = self._prefixes.take(seq.prompt) if self._prefixes is not None else (None, 0)
+            seq.begin(cache if cache is not None else make_prompt_cache(self._model), cached)
+        assert seq.cache is not None
+        size = min(len(seq.pending), self.prefill_chunk)
+        to_prefix = seq.static_prefix - len(seq.fed)
+        store = self._prefixes is not None and seq.cached_tokens < seq.static_prefix and 0 < to_prefix <= size
+        if store:
+            size = to_prefix  # end this chunk at the static prefix, to keep its cache
+        chunk = seq.pending[:size]
+        logits = self._forward.last(mx.array(chunk)[None], seq.cache)  # the head on the last position only
+        seq.fed += chunk
+        seq.pending = seq.pending[size:]
+        if store:
+            mx.eval([layer.state for layer in seq.cache])
+            assert self._prefixes is not None
+            self._prefixes.put(seq.fed, seq.cache, kind="system")
+        if seq.pending:
+            mx.eval([layer.state for layer in seq.cache])
+            return
+        token = seq.sample(logits)
+        mx.eval(token)
+        seq.steps += 1
+        seq.accept(int(token.item()))
+        c.waiting.popleft()
+        if seq.finish is not None:
+            self._finish(seq)
+        else:
+            self._join(c, seq)
+
+    def _join(self, c: _Class, seq: Sequence) -> None:
+        assert seq.cache is not None
+        layers = [RaggedKVCache.of(layer) for layer in seq.cache]
+        seq.cache = None
+        if c.cache is None:  # alone: nothing to share yet (one copy either way; the plain path is faster)
+            c.cache, c.shared = layers, seq.fed[: seq.static_prefix] if self.share_prefix else []
+        else:
+            if self.share_prefix:  # hold the start the rows have in common once
+                same = next((i for i, (a, b) in enumerate(zip(c.shared, seq.fed)) if a != b), len(c.shared))
+                c.shared = c.shared[: min(same, len(seq.fed) - 1)]
+                shared = len(c.shared)
+                for ours, theirs in zip(c.cache if shared else [], layers):
+                    if ours.shared is None:  # the lone row so far
+                        ours.share_first(shared)
+                    theirs.share_first(shared)
+            for ours, theirs in zip(c.cache, layers):
+                ours.extend(theirs)
+        c.batch.append(seq)
+
+    # -- decode: the class's batch, one forward pass ----------------------------------------
+    def _decode(self, c: _Class) -> None:
+        assert c.cache is not None
+        size = len(c.batch)
+        self.largest_batch = max(self.largest_batch, size)
+        cap = max(len(seq.pending) for seq in c.batch) if size == 1 else max(1, BATCH_STEP_TOKENS // size)
+        feeds = [seq.pending[:cap] for seq in c.batch]
+        lengths = [len(feed) for feed in feeds]
+        width = max(lengths)
+        inputs = mx.array([[0] * (width - n) + feed for feed, n in zip(feeds, lengths)])  # right-aligned
+        for layer in c.cache:
+            layer.prepare(lengths)
+        logits = self._forward.last(inputs, c.cache, lengths)
+        for layer in c.cache:
+            layer.finalize()
+        for seq, feed in zip(c.batch, feeds):
+            seq.fed += feed
+            seq.pending = seq.pending[len(feed) :]  # the rest of a long forced chunk goes in the next step
+        tokens: list[mx.array | None] = []
+        for i, seq in enumerate(c.batch):
+            tokens.append(None if seq.pending else _guarded(seq, lambda: seq.sample(logits[i : i + 1])))  # noqa: B023 (called at once)
+        mx.eval([token for token in tokens if token is not None])
+        for seq, token in zip(c.batch, tokens):
+            seq.steps += 1
+            if token is not None:
+                _guarded(seq, lambda: seq.accept(int(token.item())))  # noqa: B023 (called at once)
+        done = [i for i, seq in enumerate(c.batch) if seq.finish is not None]
+        if done:
+            self._leave(c, done)
+
+    def _leave(self, c: _Class, done: list[int]) -> None:
+        assert c.cache is not None
+        finished = [c.batch[i] for i in done]
+        for i, seq in zip(done, finished):
+            if seq.keep and self._prefixes is not None:
+                seq.cache = [layer.extract(i) for layer in c.cache]
+        keep = [i for i in range(len(c.batch)) if i not in done]
+        if keep:
+            for layer in c.cache:
+                layer.filter(keep)
+        else:
+            c.cache = None
+        c.batch = [c.batch[i] for i in keep]
+        for seq in finished:
+            self._finish(seq)
+
+    def _finish(self, seq: Sequence) -> None:
+        if seq.keep and self._prefixes is not None and seq.cache is not None and seq.error is None:
+            self._prefixes.put(seq.fed, seq.cache, kind="assistant", copy_cache=False)
+        seq.cache = None
+        seq.step_span = (*seq.step_span[:2], self.steps)
+        seq.end()
+
+
+def _guarded(seq: Sequence, work: Callable[[], Any]) -> Any:
+    """Run one sequence's part of a batched step; its failure (a grammar error, a callback) ends only it."""
+    try:
+        return work()
+    except Exception as exc:
+        log.exception("sequence_failed")
+        seq.error, seq.finish = exc, "error"
+        return None

@@ -1,0 +1,1 @@
+"""Operations: health and status, stats and metrics, sd_notify, Home Assistant discovery, logs, service files."""

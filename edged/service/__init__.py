@@ -1,0 +1,1 @@
+"""Serving requests: intake, ledger, routing, sessions, rate limits, progress, reload, delivery."""

@@ -1,0 +1,291 @@
+"""Serving one request: mode, prompt, generation, result. Runs on a worker thread (one per request in flight)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import structlog
+
+from edged.devices.commands import DeviceControl
+from edged.diagnostics.diagnosis import Diagnostics
+from edged.engine.errors import ContextOverflow
+from edged.prompts import Turn, build_messages
+from edged.protocol import ErrorCode, ErrorInfo, Kind, Mode, Priority, Request, Result, Status, Timing, Usage
+from edged.service.router import Route, route
+from edged.service.sessions import SessionStore
+from edged.settings import ModelSettings, SamplingSettings
+
+log = structlog.get_logger("edged.service")
+_FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL | re.IGNORECASE)
+
+
+class Engine(Protocol):
+    """What the service needs from a model engine (see ``edged.engine.mlx.MlxEngine``)."""
+
+    name: str
+    supports_thinking: bool
+
+    def generate(
+        self,
+        messages: Sequence[dict[str, str]],
+        mode: Mode,
+        sampling: SamplingSettings,
+        *,
+        should_stop: Callable[[], bool],
+        schema: dict[str, Any] | None = None,
+        priority: Priority = "normal",  # high runs before normal before low
+        keep: bool = False,  # a session's turn: keep its KV cache for the next turn
+    ) -> Any: ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+
+@dataclass(frozen=True)
+class Job:
+    """An accepted request on its way to the model."""
+
+    kind: Kind
+    request: Request
+    received_at: float  # time.monotonic()
+    deadline: float | None  # time.monotonic() after which the request is not worth answering
+    reply_topic: str
+    include_reasoning: bool
+    correlation_data: bytes | None = None
+    origin: Any = None  # the transport's handle, acknowledged once the result is published
+    client: str | None = None  # who asked: the request's ``client`` field or MQTT 5 user property
+    priority: Priority = "normal"
+
+
+def answer_object(text: str) -> dict[str, Any]:
+    """``{"text": answer}``, plus ``"data"`` when the answer is JSON (optionally fenced)."""
+    out: dict[str, Any] = {"text": text}
+    fenced = _FENCE.match(text.strip())
+    candidate = fenced.group(1) if fenced else text.strip()
+    if candidate[:1] in ("{", "["):
+        with contextlib.suppress(ValueError):
+            out["data"] = json.loads(candidate)
+    return out
+
+
+def error_result(
+    request_id: str, code: ErrorCode, message: str, *, kind: Kind | None = None, status: Status = "error", **fields: Any
+) -> Result:
+    return Result(id=request_id, kind=kind, status=status, error=ErrorInfo(code=code, message=message), **fields)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a kind of request makes of the model's answer."""
+
+    status: Status
+    result: dict[str, Any] | None
+    error: ErrorInfo | None = None
+    remember: bool = True  # keep this turn in the session's history
+
+
+@dataclass
+class Plan:
+    messages: list[dict[str, str]]
+    schema: dict[str, Any] | None
+    finish: Callable[[Any], Outcome]
+
+
+class StopCheck:
+    """Called once per generated token: heartbeat, progress report, deadline and cancellation."""
+
+    def __init__(
+        self,
+        job: Job,
+        clock: Callable[[], float],
+        progress: Callable[[], None],
+        cancelled: Callable[[str], bool],
+        report: Callable[[Job, int], None],
+    ):
+        self._job, self._clock, self._progress, self._cancelled, self._report = job, clock, progress, cancelled, report
+        self.tokens = 0
+        self.reason: str | None = None
+
+    def __call__(self) -> bool:
+        self.tokens += 1
+        self._progress()
+        self._report(self._job, self.tokens)
+        if self._cancelled(self._job.request.id or ""):
+            self.reason = "cancelled"
+        elif self._job.deadline is not None and self._clock() >= self._job.deadline:
+            self.reason = "deadline"
+        return self.reason is not None
+
+
+class Service:
+    def __init__(
+        self,
+        engine: Engine,
+        sessions: SessionStore,
+        model: ModelSettings,
+        *,
+        devices: DeviceControl | None = None,
+        diagnostics: Diagnostics | None = None,
+        cancelled: Callable[[str], bool] = lambda _id: False,
+        report: Callable[[Job, int], None] = lambda _job, _tokens: None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self._engine = engine
+        self._devices = devices
+        self._diagnostics = diagnostics
+        self._cancelled = cancelled
+        self._report = report
+        self._sessions = sessions
+        self._clock = clock
+        self.configure(model)
+
+    def configure(self, model: ModelSettings) -> None:
+        """Sampling for requests that start from now on (a reload); the one in progress keeps its own."""
+        self._sampling: dict[Mode, SamplingSettings] = {"think": model.think, "no_think": model.no_think}
+
+    def warm_up(self) -> dict[str, float]:
+        """Prefill each kind's static prompt (system text, registry) into the prefix cache and build the
+        answer grammar, so the first request after start-up does not pay for them. Seconds per kind."""
+        took = {}
+        for kind in ("command", "query"):
+            request = Request(id=f"warm-up-{kind}", text="status", dispatch=False)
+            job = Job(
+                kind=kind,
+                request=request,
+                received_at=self._clock(),
+                deadline=None,
+                reply_topic="-",
+                include_reasoning=False,
+            )
+            mode = route(kind, request.text, think=None, remembered=None).mode
+            if mode == "think" and not self._engine.supports_thinking:
+                mode = "no_think"
+            plan = self._plan(job, request.text, ())  # never finished: nothing is dispatched
+            one_token = self._sampling[mode].model_copy(update={"max_tokens": 1, "thinking_budget": None})
+            started = time.perf_counter()
+            self._engine.generate(
+                plan.messages, mode, one_token, should_stop=lambda: False, schema=plan.schema, priority="low"
+            )
+            took[kind] = round(time.perf_counter() - started, 2)
+        return took
+
+    def handle(self, job: Job, *, progress: Callable[[], None] = lambda: None) -> Result:
+        """Serve ``job``; ``progress`` is called once per generated token (the worker's heartbeat)."""
+        req = job.request
+        assert req.id is not None
+        timing = Timing(queue=_ms(self._clock() - job.received_at))
+        base = {"kind": job.kind, "model": self._engine.name, "timing_ms": timing}
+        if self._cancelled(req.id):
+            return error_result(req.id, ErrorCode.CANCELLED, "cancelled before it started", **base)
+        if job.deadline is not None and self._clock() >= job.deadline:
+            timing.total = timing.queue
+            return error_result(
+                req.id,
+                ErrorCode.DEADLINE_EXCEEDED,
+                "deadline passed before the request started",
+                status="timeout",
+                **base,
+            )
+        self._report(job, 0)  # "started": before the prompt is built (telemetry summaries take a moment)
+        session = self._sessions.get(req.session) if req.session else None
+        chosen = route(job.kind, req.text, think=req.think, remembered=session.switch if session else None)
+        mode, notes = chosen.mode, []
+        if mode == "think" and not self._engine.supports_thinking:
+            mode = "no_think"
+            notes.append(f"thinking was asked for but {self._engine.name} has no thinking mode; answered without it")
+        plan = self._plan(job, chosen.text, session.turns if session else ())
+        stop = StopCheck(job, self._clock, progress, self._cancelled, self._report)
+        try:
+            gen = self._engine.generate(
+                plan.messages,
+                mode,
+                self._sampling[mode],
+                should_stop=stop,
+                schema=plan.schema,
+                priority=job.priority,
+                keep=bool(req.session),
+            )
+        except ContextOverflow as exc:
+            timing.total = _ms(self._clock() - job.received_at)
+            return error_result(req.id, ErrorCode.CONTEXT_OVERFLOW, str(exc), mode=mode, **base)
+        except Exception as exc:
+            log.exception("generation_failed", id=req.id)
+            timing.total = _ms(self._clock() - job.received_at)
+            return error_result(req.id, ErrorCode.GENERATION_FAILED, f"{type(exc).__name__}: {exc}", mode=mode, **base)
+        timing.prefill, timing.decode, timing.mask = (
+            round(gen.prefill_ms, 1),
+            round(gen.decode_ms, 1),
+            round(gen.mask_ms, 1),
+        )
+        timing.total = _ms(self._clock() - job.received_at)
+        usage = Usage(
+            prompt_tokens=gen.prompt_tokens,
+            cached_tokens=gen.cached_tokens,
+            completion_tokens=gen.completion_tokens,
+            reasoning_tokens=gen.reasoning_tokens,
+            forced_tokens=getattr(gen, "forced_tokens", 0),
+        )
+        common = {"kind": job.kind, "mode": mode, "model": self._engine.name, "usage": usage, "timing_ms": timing}
+        if gen.finish_reason == "stopped" and stop.reason == "cancelled":
+            return error_result(req.id, ErrorCode.CANCELLED, "cancelled during generation", **common)
+        if gen.finish_reason == "stopped":
+            return error_result(
+                req.id, ErrorCode.DEADLINE_EXCEEDED, "deadline passed during generation", status="timeout", **common
+            )
+        outcome = plan.finish(gen)
+        if req.session and outcome.remember:
+            self._remember(req.session, chosen, gen)
+        result = outcome.result
+        if result is not None:
+            notes = [*result.get("notes", ()), *notes]
+            result = {**result, "finish_reason": gen.finish_reason, **({"notes": notes} if notes else {})}
+            if mode == "think" and gen.reasoning is not None:
+                result["thinking"] = {"tokens": gen.reasoning_tokens, "closed_by": gen.thinking_closed_by}
+        reasoning = gen.reasoning if job.include_reasoning else None
+        return Result(
+            id=req.id, status=outcome.status, result=result, error=outcome.error, reasoning=reasoning, **common
+        )
+
+    def _plan(self, job: Job, text: str, history: Any) -> Plan:
+        req = job.request
+        if job.kind == "command" and self._devices is not None:
+            devices = self._devices
+            registry, messages, schema = devices.prepare(text, context=req.context, history=history)
+
+            def finish_command(gen: Any) -> Outcome:
+                o = devices.outcome(
+                    registry, req.id or "", gen.answer, dispatch=req.dispatch, reply_topic=job.reply_topic
+                )
+                return Outcome(o.status, o.result, o.error_info(), remember=o.status != "rejected")
+
+            return Plan(messages, schema, finish_command)
+        if job.kind == "query" and self._diagnostics is not None:
+            query = self._diagnostics.prepare(text, context=req.context, history=history)
+
+            def finish_query(gen: Any) -> Outcome:
+                result, problem = query.outcome(gen.answer)
+                if result is None:
+                    return Outcome(
+                        "error",
+                        {"text": gen.answer},
+                        ErrorInfo(code=ErrorCode.INVALID_ANSWER, message=problem or ""),
+                        False,
+                    )
+                return Outcome("ok", result)
+
+            return Plan(query.messages, query.model.model_json_schema(), finish_query)
+        messages = build_messages(job.kind, text, context=req.context, history=history)
+        return Plan(messages, None, lambda gen: Outcome("ok", answer_object(gen.answer)))
+
+    def _remember(self, session: str, chosen: Route, gen: Any) -> None:
+        turn_tokens = self._engine.count_tokens(chosen.text) + gen.completion_tokens - gen.reasoning_tokens
+        self._sessions.remember(session, switch=chosen.switch, turn=Turn(chosen.text, gen.answer, turn_tokens))
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 1)
