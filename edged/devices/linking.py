@@ -26,7 +26,7 @@ FUZZY_MIN = 88.0  # rapidfuzz ratio (0-100) a fuzzy match needs
 FUZZY_MIN_CHARS = 5  # shorter names match exactly only
 HEAD_SCORE = 80.0  # a word of one device's name that no other name, area or kind uses ("the horn")
 _RANK = {"device": 0, "area": 1, "type": 2, "here": 3, "everywhere": 3}
-_AFTER = ("in", "on", "at", "into")  # "in the sauna": the next word names a place
+_AFTER = ("in", "at", "into")  # "in the sauna": the next word names a place ("on" is too often "turn on")
 
 
 @dataclass(frozen=True)
@@ -110,6 +110,7 @@ def _head_words(registry: Registry, lex: Lexicon) -> list[tuple[str, str]]:
     lang = lex.language
     taken = {w for a in registry.areas for n in (a.name, *a.aliases) for w in phrase_words(n, lang)}
     taken |= {w for k in lex.kinds.values() for p in k.words for w in p} | lex.fillers | lex.unknown_nouns
+    taken |= {w for phrases in lex.actions.values() for p in phrases for w in p}  # "lock" is a verb first
     owners: dict[str, set[str]] = {}
     for d in registry.devices:
         for w in {w for n in (d.name, *d.aliases) for w in phrase_words(n, lang)}:

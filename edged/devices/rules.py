@@ -20,6 +20,7 @@ from edged.devices.lexicon import GAP, Lexicon, find_phrase, load_lexicon, phras
 from edged.devices.linking import Linking, Mention, link
 from edged.devices.proposal import Call, CommandContext, Proposal
 from edged.devices.registry import Registry
+from edged.devices.slots import extract
 from edged.devices.targets import Plan, choose_action
 
 log = structlog.get_logger("edged.rules")
@@ -57,16 +58,17 @@ def _resolve(registry: Registry, command: CommandContext, lex: Lexicon, linking:
         return [], "question"
     if linking.unlinked:
         return [], "unknown_name"
-    verbs = _verbs(lex, registry, seq)
+    verbs = _verbs(lex, registry, seq, linking.covered())
     if len({v.actions for v in verbs}) > 1:
         return [], "several_verbs"
     verb = verbs[0] if verbs else None
     devices = tuple(m for m in linking.devices if verb is None or verb.first != 0 or not _overlap(m, verb))
-    plan = Plan.build(registry, command, lex, linking, devices)
+    slots = extract(lex, linking.words, skip=linking.covered())
+    if _modifier_unlinked(lex, linking, slots.used | _verb_words(verb)):
+        return [], "unknown_modifier"
+    plan = Plan.build(registry, command, lex, linking, devices, slots)
     if plan.reason:
         return [], plan.reason
-    if _modifier_unlinked(lex, linking, plan.used_words | _verb_words(verb)):
-        return [], "unknown_modifier"
     return choose_action(registry, command, plan, verb.actions if verb else ())
 
 
@@ -94,9 +96,14 @@ def _phrases(lex: Lexicon, registry: Registry) -> dict[tuple[str, ...], list[str
     return table
 
 
-def _verbs(lex: Lexicon, registry: Registry, seq: Sequence[str]) -> list[Verb]:
-    """The verbs said: contiguous phrases before gapped ones, longer first, without overlaps."""
+def _verbs(lex: Lexicon, registry: Registry, seq: Sequence[str], named: set[int]) -> list[Verb]:
+    """The verbs said: contiguous phrases before gapped ones, longer first, without overlaps.
+
+    A verb inside a linked name ("send the vacuum home") counts only when no other verb is said.
+    """
     hits = [(p, f, la, acts) for p, acts in _phrases(lex, registry).items() for f, la in find_phrase(seq, p)]
+    outside = [h for h in hits if not set(range(h[1], h[2])) <= named]
+    hits = outside or hits
     hits.sort(key=lambda h: (GAP in h[0], -(h[2] - h[1]), h[1]))
     chosen: list[Verb] = []
     for phrase, first, last, actions in hits:

@@ -18,7 +18,7 @@ from edged.devices.linking import Linking, Mention
 from edged.devices.proposal import Call, CommandContext, ParamValue
 from edged.devices.registry import CLEAN_AREA, Action, Device, Param, Registry
 from edged.devices.relative import change, within
-from edged.devices.slots import Slots, extract
+from edged.devices.slots import Slots
 
 ALL = "all"
 # When the verb's own action is missing on a device, the nearest one it has.
@@ -58,15 +58,16 @@ class Plan:
     words: tuple[str, ...] = ()
     reason: str = ""
 
-    @property
-    def used_words(self) -> frozenset[int]:
-        return self.slots.used
-
     @classmethod
     def build(
-        cls, registry: Registry, command: CommandContext, lex: Lexicon, linking: Linking, devices: Sequence[Mention]
+        cls,
+        registry: Registry,
+        command: CommandContext,
+        lex: Lexicon,
+        linking: Linking,
+        devices: Sequence[Mention],
+        slots: Slots,
     ) -> Plan:
-        slots = extract(lex, linking.words, skip=linking.covered())
         base = cls(slots=slots, words=tuple(w.text for w in linking.words))
         areas = _areas(linking)
         if linking.here is not None and not linking.here.ref:
@@ -106,6 +107,8 @@ class Plan:
                 return self.but([d for d in registry.devices if d.area in areas], areas[0], single=True)
             if linking.everywhere is not None:
                 return self.but(registry.devices, ALL, everything=True)
+            if command.area:  # "brighter please": the one device in the speaker's area it fits
+                return self.but([d for d in registry.devices if d.area == command.area], command.area, single=True)
             return self.fail("no_target")
         if any(d.zones for d in pool) and len(areas) == 1:
             vacuums = [d for d in pool if d.zones]
@@ -161,12 +164,12 @@ def _alias_group(
     return (area.id, members) if len(members) > 1 else None
 
 
-def _actions_for(device: Device, verb: Sequence[str]) -> list[str]:
-    have = device.all_actions()
+def _actions_for(device: Device, verb: Sequence[str], *, fallback: bool = True) -> list[str]:
+    have = {name for name, a in device.all_actions().items() if not a.params}
     for name in verb:
         if name in have:
             return [name]
-    for name in verb:
+    for name in verb if fallback else ():
         for other in FALLBACK.get(name, ()):
             if other in have:
                 return [other]
@@ -253,7 +256,7 @@ def _call(device: Device, command: CommandContext, plan: Plan, verb: Sequence[st
             return None
         value = _value(picked[1], picked[2], slots, command.states.get(device.id))
         return None if value is None else Call(action=picked[0], params={picked[1]: value}, device=device.id)
-    names = [n for n in _actions_for(device, verb) if not device.all_actions()[n].params]
+    names = _actions_for(device, verb, fallback=plan.one_by_one)  # no "open" for "turn it on" in a room
     return Call(action=names[0], device=device.id) if names else None
 
 
