@@ -165,3 +165,16 @@ def test_lexicons_extend_from_extra_folders(tmp_path):
     assert ("nix",) in lex.actions["turn_off"] and ("turn", "off") in lex.actions["turn_off"]
     assert ("glow",) in lex.kinds["light"].words and ("lamp",) in lex.kinds["light"].words
     assert load_lexicon("xx").language == "en"  # no lexicon for the language: English
+
+
+def test_candidates_for_grounding_the_model():
+    """The model path gets the devices a command may mean: named ones, else kinds in areas, else areas."""
+    from edged.devices.linking import candidates
+
+    def ids(text: str) -> list[str]:
+        return candidates(HOME, link(HOME, CommandContext(text)))
+
+    assert ids("do something with the big light") == ["living_room_ceiling"]
+    assert ids("the lights in the bedroom, hmm") == ["bedroom_ceiling", "bedside_lamp"]
+    assert set(ids("something in the garage")) == {"garage_door", "garage_light"}
+    assert ids("tell me a story") == []

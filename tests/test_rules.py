@@ -71,6 +71,26 @@ def test_named_devices(text, expected):
     assert _do(text) == expected
 
 
+def test_words_of_their_own_are_never_typos_of_names():
+    """'all lights' is not a typo of the 'hall light' alias: every light goes off, not the hallway's only."""
+    lights = sorted(d.id for d in HOME.devices if d.type in ("light", "dimmer", "color_light"))
+    assert [d for d, _a, _p in _do("all lights off")] == lights
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("turn the heating to 22", _one("thermostat", "set_temperature", setpoint=22)),  # "turn ... to" spans the name
+        ("warm up the office to 21 degrees", _one("office_heater", "set_temperature", setpoint=21)),  # no colour
+        ("unlock the door", _one("front_door", "unlock")),  # the one door that unlocks
+        ("clean the kitchen", _one("robot_vacuum", "clean_area", area="kitchen")),  # the home's one vacuum
+        ("change the nursery lamp to red", _one("kids_color_lamp", "set_color", color="red")),
+    ],
+)
+def test_verbs_spanning_names_and_kinds_narrowed_by_action(text, expected):
+    assert _do(text) == expected
+
+
 def test_plant_devices_numbers_in_names_and_own_actions():
     assert _do("start pump 2", PLANT) == _one("pump_2", "start")
     assert _do("close v1", PLANT) == _one("inlet_valve", "close")

@@ -54,6 +54,7 @@ def words(text: str) -> list[Word]:
     return [Word(m.group(0), m.start(), m.end()) for m in _WORD.finditer(text)]
 
 
+@lru_cache(maxsize=8192)
 def phrase_words(phrase: str, language: str = DEFAULT_LANGUAGE) -> tuple[str, ...]:
     """A lexicon phrase or registry name as the words it matches ("..." kept as a gap)."""
     parts = phrase.split(GAP)

@@ -33,6 +33,14 @@ class Verb:
     first: int
     last: int
     weak: bool
+    said: frozenset[int]  # the verb's own words ("turn", "off" of "turn the light off")
+
+
+def _said(phrase: tuple[str, ...], first: int, last: int) -> frozenset[int]:
+    if GAP not in phrase:
+        return frozenset(range(first, last))
+    head, tail = phrase.index(GAP), len(phrase) - phrase.index(GAP) - 1
+    return frozenset(range(first, first + head)) | frozenset(range(last - tail, last))
 
 
 class RulesResolver:
@@ -63,21 +71,23 @@ def _resolve(registry: Registry, command: CommandContext, lex: Lexicon, linking:
         return [], "several_verbs"
     verb = verbs[0] if verbs else None
     devices = tuple(m for m in linking.devices if verb is None or verb.first != 0 or not _overlap(m, verb))
-    slots = extract(lex, linking.words, skip=linking.covered())
+    actions = verb.actions if verb else ()
+    slots = extract(lex, linking.words, skip=linking.covered(), verb=_verb_words(verb))
     if _modifier_unlinked(lex, linking, slots.used | _verb_words(verb)):
         return [], "unknown_modifier"
-    plan = Plan.build(registry, command, lex, linking, devices, slots)
+    plan = Plan.build(registry, command, lex, linking, devices, slots, actions)
     if plan.reason:
         return [], plan.reason
-    return choose_action(registry, command, plan, verb.actions if verb else ())
+    return choose_action(registry, command, plan, actions)
 
 
 def _overlap(m: Mention, verb: Verb) -> bool:
-    return m.first < verb.last and verb.first < m.last
+    """ "heat the office": a name word that is the verb itself."""
+    return bool(set(range(m.first, m.last)) & verb.said)
 
 
 def _verb_words(verb: Verb | None) -> frozenset[int]:
-    return frozenset(range(verb.first, verb.last)) if verb else frozenset()
+    return verb.said if verb else frozenset()
 
 
 def _is_question(lex: Lexicon, seq: Sequence[str]) -> bool:
@@ -110,9 +120,9 @@ def _verbs(lex: Lexicon, registry: Registry, seq: Sequence[str], named: set[int]
         same = next((v for v in chosen if (v.first, v.last) == (first, last)), None)
         if same is not None:
             merged = tuple(dict.fromkeys((*same.actions, *actions)))
-            chosen[chosen.index(same)] = Verb(merged, first, last, same.weak)
+            chosen[chosen.index(same)] = Verb(merged, first, last, same.weak, same.said)
         elif not any(v.first < last and first < v.last for v in chosen):
-            chosen.append(Verb(tuple(actions), first, last, phrase in WEAK))
+            chosen.append(Verb(tuple(actions), first, last, phrase in WEAK, _said(phrase, first, last)))
     strong = [v for v in chosen if not v.weak]
     return sorted(strong or chosen, key=lambda v: v.first)
 

@@ -106,9 +106,9 @@ def _direction(lex: Lexicon, seq: Sequence[str]) -> tuple[Direction | None, str 
     return way, (dim if dim != "any" else None), {i for h in hits for i in range(h[2], h[3])}  # type: ignore[return-value]
 
 
-def _colour(lex: Lexicon, seq: Sequence[str]) -> tuple[str | None, int | None, set[int]]:
+def _colour(lex: Lexicon, seq: Sequence[str], verb: set[int]) -> tuple[str | None, int | None, set[int]]:
     temps = [(int(k), f, la) for k, ps in lex.color_temps.items() for p in ps for f, la in find_phrase(seq, p)]
-    temp_words = {i for _k, f, la in temps for i in range(f, la)}
+    temp_words = {i for _k, f, la in temps for i in range(f, la)} | verb
     colours = [h for h in _hits(seq, lex.colors) if not set(range(h[1], h[2])) & temp_words]
     kelvin = max(temps, key=lambda t: t[2] - t[1])[0] if temps else None
     colour = max(colours, key=lambda h: h[2] - h[1])[0] if colours else None
@@ -123,12 +123,19 @@ def _current(lex: Lexicon, seq: Sequence[str], numbers: list[Number], relative: 
     return first if said else None
 
 
-def extract(lex: Lexicon, ws: Sequence[Word], *, skip: set[int] = frozenset()) -> Slots:  # type: ignore[assignment]
-    """The values in the words of a command; ``skip`` holds word indices of linked names."""
+def extract(
+    lex: Lexicon,
+    ws: Sequence[Word],
+    *,
+    skip: frozenset[int] | set[int] = frozenset(),
+    verb: frozenset[int] | set[int] = frozenset(),
+) -> Slots:
+    """The values in the words of a command; ``skip`` holds linked names, ``verb`` the verb's words
+    ("warm up" is no colour)."""
     seq = [w.text for w in ws]
     numbers = _numbers(lex, seq, set(skip))
     direction, dimension, dir_used = _direction(lex, seq)
-    colour, kelvin, colour_used = _colour(lex, seq)
+    colour, kelvin, colour_used = _colour(lex, seq, set(verb))
     rel = {key: find_phrase(seq, p) for key, ps in lex.relative.items() for p in ps if find_phrase(seq, p)}
     extreme = next((k for k in ("max", "min", "half") if k in rel), None)
     factor = 0.5 if "halve" in rel else 2.0 if "double" in rel else None

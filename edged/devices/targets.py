@@ -56,6 +56,7 @@ class Plan:
     everything: bool = False  # "everything" without a kind
     slots: Slots = field(default_factory=Slots)
     words: tuple[str, ...] = ()
+    verb: tuple[str, ...] = ()
     reason: str = ""
 
     @classmethod
@@ -67,8 +68,9 @@ class Plan:
         linking: Linking,
         devices: Sequence[Mention],
         slots: Slots,
+        verb: Sequence[str],
     ) -> Plan:
-        base = cls(slots=slots, words=tuple(w.text for w in linking.words))
+        base = cls(slots=slots, words=tuple(w.text for w in linking.words), verb=tuple(verb))
         areas = _areas(linking)
         if linking.here is not None and not linking.here.ref:
             return base.fail("speaker_area_unknown")
@@ -77,10 +79,16 @@ class Plan:
         return base.kinds(registry, lex, linking, command, areas)
 
     def fail(self, reason: str) -> Plan:
-        return Plan(slots=self.slots, words=self.words, reason=reason)
+        return Plan(slots=self.slots, words=self.words, verb=self.verb, reason=reason)
 
     def but(self, devices: Sequence[Device], scope: str | None = None, **kw: object) -> Plan:
-        return Plan(tuple(devices), scope, slots=self.slots, words=self.words, **kw)  # type: ignore[arg-type]
+        return Plan(tuple(devices), scope, slots=self.slots, words=self.words, verb=self.verb, **kw)  # type: ignore[arg-type]
+
+    def able(self, pool: Sequence[Device]) -> list[Device]:
+        """Without a value, the devices of a kind that have the verb's own action ("unlock the door")."""
+        if not self.verb or _has_value(self.slots):
+            return list(pool)
+        return [d for d in pool if set(self.verb) & set(d.all_actions())]
 
     def named(
         self, registry: Registry, lex: Lexicon, linking: Linking, devices: Sequence[Mention], areas: list[str]
@@ -101,8 +109,11 @@ class Plan:
     def kinds(
         self, registry: Registry, lex: Lexicon, linking: Linking, command: CommandContext, areas: list[str]
     ) -> Plan:
-        pool = list({d.id: d for m in linking.types for d in _of_kind(registry, lex, m.ref)}.values())
+        pool = self.able(list({d.id: d for m in linking.types for d in _of_kind(registry, lex, m.ref)}.values()))
         if not linking.types:
+            vacuums = [d for d in registry.devices if d.zones]
+            if CLEAN_AREA in self.verb and len(areas) == 1 and len(vacuums) == 1:  # "clean the kitchen"
+                return self.but(vacuums, clean=areas[0])
             if areas:
                 return self.but([d for d in registry.devices if d.area in areas], areas[0], single=True)
             if linking.everywhere is not None:
@@ -282,7 +293,7 @@ def choose_action(
         return [], "area_ambiguous" if found else "action_not_available"
     if not found:
         return [], "action_not_available"
-    return group_calls(registry, found, plan.scope), ""
+    return group_calls(registry, found, None if plan.single else plan.scope), ""
 
 
 def group_calls(registry: Registry, calls: Sequence[Call], scope: str | None) -> list[Call]:
