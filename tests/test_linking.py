@@ -178,3 +178,11 @@ def test_candidates_for_grounding_the_model():
     assert ids("the lights in the bedroom, hmm") == ["bedroom_ceiling", "bedside_lamp"]
     assert set(ids("something in the garage")) == {"garage_door", "garage_light"}
     assert ids("tell me a story") == []
+
+
+def test_german_and_chinese_lexicons_load():
+    """Every shipped language has verbs for the common actions and words for lights."""
+    for lang in ("en", "de", "zh"):
+        lex = load_lexicon(lang)
+        assert lex.language == lang and {"turn_on", "turn_off", "set"} <= set(lex.actions)
+        assert lex.kinds["light"].words and lex.units["%"]

@@ -17,6 +17,7 @@ CONFIG = Path(__file__).resolve().parent.parent / "config"
 HOME = load_registry(CONFIG / "registry-home.toml")
 PLANT = load_registry(CONFIG / "registry-plant.toml")
 RULES = RulesResolver()
+MODELS = {reg.name: output_model(reg) for reg in (HOME, PLANT)}
 
 
 def _do(text: str, registry=HOME, area: str | None = None, states: dict[str, str] | None = None):
@@ -25,7 +26,7 @@ def _do(text: str, registry=HOME, area: str | None = None, states: dict[str, str
     if proposal is None:
         return None
     assert proposal.resolved_by == "rules" and proposal.intent == proposal.calls[0].action
-    resolved, _ = parse_answer(registry, output_model(registry), proposal.answer_json())
+    resolved, _ = parse_answer(registry, MODELS[registry.name], proposal.answer_json())
     return sorted((r.device, r.action, _params(r.params)) for r in resolved)
 
 
@@ -208,3 +209,49 @@ def test_extra_lexicon_words_resolve(tmp_path):
     taught = RulesResolver(extra_lexicons=[tmp_path])
     proposal = taught.resolve(HOME, CommandContext("nix the big light"))
     assert proposal is not None and proposal.calls[0].action == "turn_off"
+
+
+def _multilingual():
+    from edged.devices.registry import Registry
+
+    return Registry.model_validate(
+        {
+            "name": "ml",
+            "areas": [
+                {"id": "living_room", "name": "Living room", "aliases": ["Wohnzimmer", "客厅"]},
+                {"id": "bedroom", "name": "Bedroom", "aliases": ["Schlafzimmer", "卧室"]},
+            ],
+            "devices": [
+                {"id": "lr_light", "name": "Ceiling light", "area": "living_room", "type": "dimmer"},
+                {"id": "bed_light", "name": "Bed light", "area": "bedroom", "type": "color_light"},
+                {"id": "bed_blinds", "name": "Blinds", "area": "bedroom", "type": "cover"},
+            ],
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "language", "expected"),
+    [
+        ("Schalte bitte das Licht im Wohnzimmer aus", "de", _one("lr_light", "turn_off")),
+        ("Mach das Licht im Schlafzimmer an", "de", _one("bed_light", "turn_on")),
+        ("Dimme das Licht im Wohnzimmer auf dreißig Prozent", "de", _one("lr_light", "set_brightness", brightness=30)),
+        ("Mach das Licht im Schlafzimmer blau", "de", _one("bed_light", "set_color", color="blue")),
+        ("把客厅的灯关掉", "zh", _one("lr_light", "turn_off")),
+        ("请打开卧室的灯", "zh", _one("bed_light", "turn_on")),
+        ("把客厅的灯调到50%", "zh", _one("lr_light", "set_brightness", brightness=50)),
+        ("卧室的灯调成红色", "zh", _one("bed_light", "set_color", color="red")),
+        ("拉上卧室的窗帘", "zh", _one("bed_blinds", "close")),
+    ],
+)
+def test_german_and_chinese_commands(text, language, expected):
+    reg = _multilingual()
+    proposal = RULES.resolve(reg, CommandContext(text, language=language))
+    assert proposal is not None
+    resolved, _ = parse_answer(reg, output_model(reg), proposal.answer_json())
+    assert sorted((r.device, r.action, _params(r.params)) for r in resolved) == expected
+
+
+@pytest.mark.parametrize(("text", "language"), [("Ist das Licht im Wohnzimmer an?", "de"), ("客厅的灯开着吗", "zh")])
+def test_questions_in_other_languages(text, language):
+    assert RULES.resolve(_multilingual(), CommandContext(text, language=language)) is None

@@ -111,6 +111,8 @@ class Lexicon:
     language: str
     fillers: frozenset[str]
     questions: frozenset[str]
+    question_endings: frozenset[str]  # a last word that makes a question (zh 吗)
+    weak_verbs: frozenset[tuple[str, ...]]  # verbs that count only when no other is said ("on", "off")
     unknown_nouns: frozenset[str]
     here: tuple[tuple[str, ...], ...]
     everywhere: tuple[tuple[str, ...], ...]
@@ -168,6 +170,8 @@ def _build(language: str, data: dict[str, Any]) -> Lexicon:
         language=language,
         fillers=frozenset(w for f in data.get("fillers", []) for w in phrase_words(f, language)),
         questions=frozenset(w for f in data.get("questions", []) for w in phrase_words(f, language)),
+        question_endings=frozenset(w for f in data.get("question_endings", []) for w in phrase_words(f, language)),
+        weak_verbs=frozenset(ph(data.get("weak_verbs", []))),
         unknown_nouns=frozenset(w for f in data.get("unknown_nouns", []) for w in phrase_words(f, language)),
         here=ph(data.get("here", [])),
         everywhere=ph(data.get("everywhere", [])),

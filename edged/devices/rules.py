@@ -24,7 +24,6 @@ from edged.devices.slots import extract
 from edged.devices.targets import Plan, choose_action
 
 log = structlog.get_logger("edged.rules")
-WEAK = {("on",), ("off",), ("lights", "on")}  # used only when no other verb is said ("kitchen light on")
 
 
 @dataclass(frozen=True)
@@ -92,7 +91,7 @@ def _verb_words(verb: Verb | None) -> frozenset[int]:
 
 def _is_question(lex: Lexicon, seq: Sequence[str]) -> bool:
     first = next((w for w in seq if w not in lex.fillers or w in lex.questions), None)
-    return first in lex.questions
+    return first in lex.questions or bool(seq and seq[-1] in lex.question_endings)
 
 
 def _phrases(lex: Lexicon, registry: Registry) -> dict[tuple[str, ...], list[str]]:
@@ -107,14 +106,14 @@ def _phrases(lex: Lexicon, registry: Registry) -> dict[tuple[str, ...], list[str
 
 
 def _verbs(lex: Lexicon, registry: Registry, seq: Sequence[str], named: set[int]) -> list[Verb]:
-    """The verbs said: contiguous phrases before gapped ones, longer first, without overlaps.
+    """The verbs said: the most verb words first, contiguous before gapped, without overlaps.
 
     A verb inside a linked name ("send the vacuum home") counts only when no other verb is said.
     """
     hits = [(p, f, la, acts) for p, acts in _phrases(lex, registry).items() for f, la in find_phrase(seq, p)]
     outside = [h for h in hits if not set(range(h[1], h[2])) <= named]
     hits = outside or hits
-    hits.sort(key=lambda h: (GAP in h[0], -(h[2] - h[1]), h[1]))
+    hits.sort(key=lambda h: (-(len(h[0]) - (GAP in h[0])), GAP in h[0], h[1]))  # most verb words, contiguous
     chosen: list[Verb] = []
     for phrase, first, last, actions in hits:
         same = next((v for v in chosen if (v.first, v.last) == (first, last)), None)
@@ -122,7 +121,7 @@ def _verbs(lex: Lexicon, registry: Registry, seq: Sequence[str], named: set[int]
             merged = tuple(dict.fromkeys((*same.actions, *actions)))
             chosen[chosen.index(same)] = Verb(merged, first, last, same.weak, same.said)
         elif not any(v.first < last and first < v.last for v in chosen):
-            chosen.append(Verb(tuple(actions), first, last, phrase in WEAK, _said(phrase, first, last)))
+            chosen.append(Verb(tuple(actions), first, last, phrase in lex.weak_verbs, _said(phrase, first, last)))
     strong = [v for v in chosen if not v.weak]
     return sorted(strong or chosen, key=lambda v: v.first)
 
