@@ -116,14 +116,14 @@ def _known(registry: Registry, lex: Lexicon) -> frozenset[str]:
 
 def _candidates(registry: Registry, lex: Lexicon, seq: Sequence[str], area: str | None) -> list[Mention]:
     found: list[tuple[MentionKind, str, int, int, float]] = []
-    named = [("device", d.id, [d.name, *d.aliases]) for d in registry.devices]
+    named: list[tuple[MentionKind, str, list[str]]] = [("device", d.id, [d.name, *d.aliases]) for d in registry.devices]
     named += [("area", a.id, [a.name, *a.aliases]) for a in registry.areas]
     known = _known(registry, lex)
     for kind, ref, names in named:
         for name in names:
             found += [
                 (kind, ref, f, la, s) for f, la, s in _matches(seq, phrase_words(name, lex.language), known=known)
-            ]  # type: ignore[misc]
+            ]
     for ref, word in _head_words(registry, lex):
         found += [("device", ref, f, la, HEAD_SCORE) for f, la in find_phrase(seq, (word,))]
     for k in lex.kinds.values():

@@ -285,10 +285,10 @@ def choose_action(
         return (calls, "") if ok and calls else ([], "cannot_clean_there")
     if plan.everything and not set(verb) & EVERYWHERE_ACTIONS:
         return [], "everything_only_off"
-    calls = [_call(d, command, plan, verb) for d in plan.devices]
-    if plan.one_by_one and any(c is None for c in calls):
+    maybe = [_call(d, command, plan, verb) for d in plan.devices]
+    if plan.one_by_one and any(c is None for c in maybe):
         return [], "action_not_available"
-    found = [c for c in calls if c is not None]
+    found = [c for c in maybe if c is not None]
     if plan.single and len(found) != 1:
         return [], "area_ambiguous" if found else "action_not_available"
     if not found:
