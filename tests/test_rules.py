@@ -180,6 +180,15 @@ def test_values_said_with_the_current_value():
         ("set the office heater to 19.35", "action_not_available"),  # off the 0.1 step
         ("make the lounge purple", "action_not_available"),  # no colour light there
         ("turn on the lights in here", "speaker_area_unknown"),
+        ("don't turn off the kitchen light", "unsupported"),  # negation
+        ("never unlock the front door", "unsupported"),
+        ("turn off the kitchen light in ten minutes", "unsupported"),  # a schedule, not a value
+        ("turn on the lights except the bedroom", "unsupported"),
+        ("turn on the kitchen light or the hall light", "unsupported"),
+        ("the kitchen light keeps turning off", "unsupported"),  # a complaint, not an order
+        ("the big light is on", "statement"),
+        ("set the kitchen light to -20", "action_not_available"),  # a minus sign is kept, then out of range
+        ("turn the volume up on the tv by 100", "action_not_available"),  # a change needs the value now
     ],
 )
 def test_refusals_leave_the_command_to_the_next_layer(text, reason):

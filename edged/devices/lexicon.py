@@ -28,7 +28,7 @@ DEFAULT_LANGUAGE = "en"
 GAP = "..."  # in a phrase: up to MAX_GAP other words
 MAX_GAP = 4
 _TEXT2NUM = {"en", "de", "fr", "es", "pt", "it", "nl", "da"}
-_WORD = re.compile(r"[\u3400-\u9fff]|[0-9]+(?:\.[0-9]+)?|°c?|%|[^\W\d_\u3400-\u9fff]+")
+_WORD = re.compile(r"[\u3400-\u9fff]|-?[0-9]+(?:\.[0-9]+)?|°c?|%|[^\W\d_\u3400-\u9fff]+")
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,8 @@ class Word:
 
 def normalize(text: str, language: str = DEFAULT_LANGUAGE) -> str:
     """Lower case, apostrophes dropped, hyphens as spaces, number words as digits (where supported)."""
-    out = re.sub(r"['’`]", "", text.lower()).replace("-", " ").replace("_", " ")
+    out = re.sub(r"['’`]", "", text.lower()).replace("_", " ")
+    out = re.sub(r"-(?!\d)|(?<=\w)-", " ", out)  # hyphens join words; a minus sign stays ("-20")
     out = re.sub(r"(\d),(\d)", r"\1.\2", out) if language != "en" else out
     if language in _TEXT2NUM:
         out = alpha2digit(out, language)
@@ -113,10 +114,12 @@ class Lexicon:
     questions: frozenset[str]
     question_endings: frozenset[str]  # a last word that makes a question (zh 吗)
     weak_verbs: frozenset[tuple[str, ...]]  # verbs that count only when no other is said ("on", "off")
+    unsupported: tuple[tuple[str, ...], ...]  # negation, exceptions, alternatives, times: not for the rules
     unknown_nouns: frozenset[str]
     here: tuple[tuple[str, ...], ...]
     everywhere: tuple[tuple[str, ...], ...]
     current: tuple[tuple[str, ...], ...]
+    absolute: frozenset[str]  # a word before a number that makes it the value to set ("to 30")
     numbers: dict[str, float]
     units: Phrases
     colors: Phrases
@@ -172,10 +175,12 @@ def _build(language: str, data: dict[str, Any]) -> Lexicon:
         questions=frozenset(w for f in data.get("questions", []) for w in phrase_words(f, language)),
         question_endings=frozenset(w for f in data.get("question_endings", []) for w in phrase_words(f, language)),
         weak_verbs=frozenset(ph(data.get("weak_verbs", []))),
+        unsupported=ph(data.get("unsupported", [])),
         unknown_nouns=frozenset(w for f in data.get("unknown_nouns", []) for w in phrase_words(f, language)),
         here=ph(data.get("here", [])),
         everywhere=ph(data.get("everywhere", [])),
         current=ph(data.get("current", [])),
+        absolute=frozenset(w for f in data.get("absolute", []) for w in phrase_words(f, language)),
         numbers={
             " ".join(phrase_words(k.replace("_", " "), language)): float(v) for k, v in data.get("numbers", {}).items()
         },

@@ -65,6 +65,8 @@ def _resolve(registry: Registry, command: CommandContext, lex: Lexicon, linking:
         return [], "question"
     if linking.unlinked:
         return [], "unknown_name"
+    if _unsupported(lex, seq, linking.covered()):
+        return [], "unsupported"
     verbs = _verbs(lex, registry, seq, linking.covered())
     if len({v.actions for v in verbs}) > 1:
         return [], "several_verbs"
@@ -74,6 +76,8 @@ def _resolve(registry: Registry, command: CommandContext, lex: Lexicon, linking:
     slots = extract(lex, linking.words, skip=linking.covered(), verb=_verb_words(verb))
     if _modifier_unlinked(lex, linking, slots.used | _verb_words(verb)):
         return [], "unknown_modifier"
+    if verb is not None and verb.weak and _statement(lex, linking, verb, slots.used):
+        return [], "statement"  # "the kitchen light keeps turning off"
     plan = Plan.build(registry, command, lex, linking, devices, slots, actions)
     if plan.reason:
         return [], plan.reason
@@ -87,6 +91,23 @@ def _overlap(m: Mention, verb: Verb) -> bool:
 
 def _verb_words(verb: Verb | None) -> frozenset[int]:
     return verb.said if verb else frozenset()
+
+
+def _unsupported(lex: Lexicon, seq: Sequence[str], named: set[int]) -> bool:
+    """ "don't", "except", "or", "in ten minutes": outside linked names ("morning routine" is a name)."""
+    return any(not set(range(f, la)) & named for p in lex.unsupported for f, la in find_phrase(seq, p))
+
+
+def _statement(lex: Lexicon, linking: Linking, verb: Verb, used: frozenset[int]) -> bool:
+    """A bare "on"/"off" after "is" ("the big light is on"), or among words that are no part of an order."""
+    after_is = verb.first > 0 and linking.words[verb.first - 1].text in lex.questions
+    return after_is or _loose_words(lex, linking, used | verb.said)
+
+
+def _loose_words(lex: Lexicon, linking: Linking, used: frozenset[int]) -> bool:
+    """Words that are neither names, values, the verb nor fillers."""
+    covered = linking.covered() | used
+    return any(i not in covered and w.text not in lex.fillers for i, w in enumerate(linking.words))
 
 
 def _is_question(lex: Lexicon, seq: Sequence[str]) -> bool:

@@ -17,7 +17,6 @@ from edged.devices.lexicon import Lexicon, Word, find_phrase
 
 Direction = Literal["up", "down"]
 Extreme = Literal["max", "min", "half"]
-_ABSOLUTE = ("to", "at", "=")  # "to 30 percent": the value, not a change
 
 
 @dataclass(frozen=True)
@@ -86,7 +85,7 @@ def _numbers(lex: Lexicon, seq: Sequence[str], skip: set[int]) -> list[Number]:
             continue
         value, end = got
         unit, end = _unit(lex, seq, end)
-        absolute = i > 0 and seq[i - 1] in _ABSOLUTE
+        absolute = i > 0 and seq[i - 1] in lex.absolute
         found.append(Number(value, unit, i, end, absolute))
         i = end
     return found
