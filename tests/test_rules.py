@@ -157,6 +157,7 @@ def test_values_said_with_the_current_value():
     assert _do("the hallway light is at 40 percent, make it 20 points brighter") == _one(
         "hallway_light", "set_brightness", brightness=60
     )
+    assert _do("the thermostat is on 20 degrees, raise it by two") == _one("thermostat", "set_temperature", setpoint=22)
     assert _do("the TV volume is 20, turn it down by 5") == _one("living_room_tv", "set_volume", volume=15)
     assert _do("the kitchen light is at 80%, halve it") == _one("kitchen_ceiling", "set_brightness", brightness=40)
     assert _do("the conveyor runs at 1000 rpm, slow it down by 200", PLANT) == _one("conveyor", "set_speed", rpm=800)

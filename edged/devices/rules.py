@@ -76,7 +76,8 @@ def _resolve(registry: Registry, command: CommandContext, lex: Lexicon, linking:
     slots = extract(lex, linking.words, skip=linking.covered(), verb=_verb_words(verb))
     if _modifier_unlinked(lex, linking, slots.used | _verb_words(verb)):
         return [], "unknown_modifier"
-    if verb is not None and verb.weak and _statement(lex, linking, verb, slots.used):
+    valued = bool(slots.numbers or slots.relative or slots.extreme or slots.color or slots.kelvin)
+    if verb is not None and verb.weak and not valued and _statement(lex, linking, verb, slots.used):
         return [], "statement"  # "the kitchen light keeps turning off"
     plan = Plan.build(registry, command, lex, linking, devices, slots, actions)
     if plan.reason:
