@@ -1,4 +1,4 @@
-"""Score the local resolver alone on an eval set: ``python -m edged.devices.intents.score SET.jsonl REGISTRY.toml``.
+"""Score the local resolver alone on an eval set (``python -m edged.bench.local_intents SET.jsonl REGISTRY.toml``).
 
 A case is exact when the proposal, with area calls expanded to devices, equals the expected
 actions; a case the resolver passes on (None) counts as ``passed_on``, not as wrong, because the
@@ -7,16 +7,14 @@ next resolver handles it. For an ``expect: []`` case, passing on is right.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from edged.devices.intents.matcher import IntentResolver
 from edged.devices.proposal import CommandContext, Proposal
-from edged.devices.registry import Registry, load_registry
+from edged.devices.registry import Registry
 
 ActionKey = tuple[str, str, str]
 
@@ -65,33 +63,3 @@ def score_case(resolver: IntentResolver, registry: Registry, row: dict[str, obje
 def score_file(resolver: IntentResolver, registry: Registry, path: Path, language: str) -> list[Scored]:
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     return [score_case(resolver, registry, row, language) for row in rows]
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("eval_set", type=Path)
-    parser.add_argument("registry", type=Path)
-    parser.add_argument("--language", default="en")
-    parser.add_argument("--sentences", type=Path, default=Path("config/sentences"))
-    parser.add_argument("--show", action="store_true", help="list every case that is not exact")
-    args = parser.parse_args()
-    registry = load_registry(args.registry)
-    resolver = IntentResolver(args.sentences)
-    cold = resolver.warm_up(registry, [args.language])
-    scored = score_file(resolver, registry, args.eval_set, args.language)
-    counts = Counter(s.verdict for s in scored)
-    commands = sum(1 for s in scored if s.expect)
-    print(f"{args.eval_set.name}: {len(scored)} cases, warm-up {cold[args.language]:.0f} ms")
-    print(
-        f"  exact {counts['exact']}/{commands} commands ({100 * counts['exact'] / max(commands, 1):.0f}%), wrong {counts['wrong']},"
-        f" passed on {counts['passed_on']}, rejects passed on {counts['rejected_ok']}/{len(scored) - commands}"
-    )
-    times = sorted(s.ms for s in scored)
-    print(f"  latency ms: median {times[len(times) // 2]:.1f}, max {times[-1]:.1f}")
-    for s in scored:
-        if args.show and s.verdict in ("wrong", "passed_on"):
-            print(f"  {s.verdict:9} {s.text!r}" + (f" got {sorted(s.got)}" if s.verdict == "wrong" else ""))
-
-
-if __name__ == "__main__":
-    main()
