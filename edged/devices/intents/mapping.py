@@ -53,8 +53,8 @@ RULES: Mapping[str, tuple[IntentRule, ...]] = {
     "HassMediaPrevious": (IntentRule(("previous",)),),
     "HassVacuumStart": (IntentRule(("start",)),),
     "HassVacuumReturnToBase": (IntentRule(("return_to_base",)),),
-    "EdgedStart": (IntentRule(("start",)),),
-    "EdgedStop": (IntentRule(("stop",)),),
+    "EdgedStart": (IntentRule(("start", "open")),),  # "start the irrigation" opens a valve
+    "EdgedStop": (IntentRule(("stop", "close")),),
     "EdgedOpen": (IntentRule(("open",)),),
     "EdgedClose": (IntentRule(("close",)),),
     "EdgedSetSpeed": (IntentRule(("set_speed",), "speed"),),

@@ -20,7 +20,7 @@ from edged.devices.actions import ALL_AREAS
 from edged.devices.intents.mapping import action_for, params_for, rule_for
 from edged.devices.intents.slots import slot_lists, speaker_context
 from edged.devices.intents.targets import Target, find_target
-from edged.devices.intents.templates import DEFAULT_SENTENCES_DIR, load_intents
+from edged.devices.intents.templates import DEFAULT_SENTENCES_DIR, load_intents, prepare_numbers
 from edged.devices.proposal import Call, CommandContext, Proposal
 from edged.devices.registry import Device, Registry
 
@@ -54,7 +54,9 @@ class IntentResolver:
             rule = rule_for(result.intent.name, slots)
             if rule is None:  # a question or an intent edged does not act on: never look for a lesser reading
                 return None
-            target = find_target(registry, result.intent.name, slots, rule)
+            device_class = result.entities.get("device_class")
+            class_word = device_class.text if device_class else ""
+            target = find_target(registry, result.intent.name, slots, rule, class_word)
             if target is not None:
                 return self._propose(registry, result, target, slots.get(rule.slot) if rule.slot else None)
         return None
@@ -78,6 +80,9 @@ class IntentResolver:
         timings: dict[str, float] = {}
         for language in languages:
             start = time.perf_counter()
+            intents = self.intents(language)
+            if intents is not None:
+                prepare_numbers(intents)
             self.resolve(registry, CommandContext(text=_WARM_UP_TEXT, language=language))
             timings[language] = round((time.perf_counter() - start) * 1000, 1)
         log.info("intents_warm", ms=timings)
