@@ -7,6 +7,7 @@ command on to the next resolver.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -89,9 +90,15 @@ def _is_kind(device: Device, wanted: tuple[str, str]) -> bool:
     return device.type == value if key == "type" else ha_domain(device.type) == value
 
 
+def _fold(text: str) -> str:
+    """Case and accents folded ("Rollläden" and "Rollladen" compare equal)."""
+    decomposed = unicodedata.normalize("NFKD", text.strip().casefold())
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
 def _called(device: Device, word: str) -> bool:
     """True when the device's name or an alias contains the word (or, for longer words, its stem)."""
-    folded = word.strip().casefold()
+    folded = _fold(word)
     forms = {folded} | ({folded[:-1], folded[:-2]} if len(folded) > 3 else set())
-    names = [n.casefold() for n in (device.name, *device.aliases)]
+    names = [_fold(n) for n in (device.name, *device.aliases)]
     return any(form and form in name for form in forms for name in names)
