@@ -14,10 +14,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import structlog
-from hassil import Intents, RecognizeResult, SlotList, recognize_ranked
+from hassil import Intents, SlotList, recognize_ranked
 
 from edged.devices.actions import ALL_AREAS
-from edged.devices.intents.mapping import action_for, params_for, rule_for
+from edged.devices.intents.mapping import IntentRule, action_for, params_for, rule_for
 from edged.devices.intents.slots import slot_lists, speaker_context
 from edged.devices.intents.targets import Target, find_target
 from edged.devices.intents.templates import DEFAULT_SENTENCES_DIR, load_intents, prepare_numbers
@@ -58,7 +58,7 @@ class IntentResolver:
             class_word = device_class.text if device_class else ""
             target = find_target(registry, result.intent.name, slots, rule, class_word)
             if target is not None:
-                return self._propose(registry, result, target, slots.get(rule.slot) if rule.slot else None)
+                return _propose(registry, result.intent.name, rule, target, slots.get(rule.slot) if rule.slot else None)
         return None
 
     def intents(self, language: str) -> Intents | None:
@@ -96,20 +96,20 @@ class IntentResolver:
         self._lists = (registry, lists)
         return lists
 
-    def _propose(self, registry: Registry, result: RecognizeResult, target: Target, value: object) -> Proposal | None:
-        rule = rule_for(result.intent.name, {k: e.value for k, e in result.entities.items()})
-        assert rule is not None
-        calls: list[Call] = []
-        for device in target.devices:
-            action = action_for(rule, device)
-            params = params_for(device.all_actions()[action], value) if action else None
-            if action is None or params is None:
-                log.info("intents_value_rejected", intent=result.intent.name, device=device.id, value=str(value))
-                return None
-            calls.append(Call(action=action, params=params, device=device.id))
-        grouped = group_calls(registry, calls, target.scope)
-        log.info("intents_matched", intent=result.intent.name, calls=len(grouped), text=result.original_text)
-        return Proposal(calls=tuple(grouped), resolved_by="local", intent=result.intent.name)
+
+def _propose(registry: Registry, intent: str, rule: IntentRule, target: Target, value: object) -> Proposal | None:
+    """One call per target device (folded into area calls where exact); None when a value does not fit."""
+    calls: list[Call] = []
+    for device in target.devices:
+        action = action_for(rule, device)
+        params = params_for(device.all_actions()[action], value) if action else None
+        if action is None or params is None:
+            log.info("intents_value_rejected", intent=intent, device=device.id, value=str(value))
+            return None
+        calls.append(Call(action=action, params=params, device=device.id))
+    grouped = group_calls(registry, calls, target.scope)
+    log.info("intents_matched", intent=intent, calls=len(grouped), devices=len(calls))
+    return Proposal(calls=tuple(grouped), resolved_by="local", intent=intent)
 
 
 def group_calls(registry: Registry, calls: list[Call], scope: str | None) -> list[Call]:
