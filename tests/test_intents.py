@@ -15,7 +15,7 @@ from edged.devices.intents.mapping import check_value
 from edged.devices.intents.score import expand, score_file
 from edged.devices.intents.templates import intents_language
 from edged.devices.proposal import CommandContext, Proposal
-from edged.devices.registry import Param, Registry, load_registry
+from edged.devices.registry import TYPE_ACTIONS, Param, Registry, load_registry
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "config"
@@ -272,3 +272,54 @@ def test_warm_latency(home: Registry) -> None:
     print(f"\nintents warm-up {cold_ms:.0f} ms; warm over {len(times)} sentences: median {median:.1f} ms, ", end="")
     print(f"p90 {p90:.1f} ms, max {times[-1]:.1f} ms")
     assert len(times) == 50
+
+
+NEW_TYPES = """
+name = "newtypes"
+[[areas]]
+id = "living_room"
+name = "Living room"
+[[devices]]
+id = "mood"
+name = "Mood light"
+area = "living_room"
+type = "color_light"
+command_topic = "z/mood/set"
+[[devices]]
+id = "robot"
+name = "Robot vacuum"
+aliases = ["roomba"]
+area = "living_room"
+type = "vacuum"
+command_topic = "z/robot/set"
+[[devices]]
+id = "movie"
+name = "Movie night"
+area = "living_room"
+type = "scene"
+command_topic = "z/movie/set"
+"""
+
+
+@pytest.mark.skipif(
+    not {"color_light", "vacuum", "scene"} <= set(TYPE_ACTIONS), reason="the registry has no colour lights yet"
+)
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("set the mood light to red", ("mood", "set_color", {"color": "red"})),
+        ("set the mood light color temperature to 3000 kelvin", ("mood", "set_color_temp", {"kelvin": 3000})),
+        ("set the mood light to 40 percent brightness", ("mood", "set_brightness", {"brightness": 40})),
+        ("start the robot vacuum", ("robot", "start", {})),
+        ("return the roomba to base", ("robot", "return_to_base", {})),
+        ("activate movie night", ("movie", "activate", {})),
+    ],
+)
+def test_newer_device_types(
+    resolver: IntentResolver, tmp_path: Path, text: str, expected: tuple[str, str, dict[str, object]]
+) -> None:
+    """Colour lights, vacuums and scenes map to their own actions when the registry has them."""
+    path = tmp_path / "registry.toml"
+    path.write_text(NEW_TYPES, encoding="utf-8")
+    registry = load_registry(path)
+    assert devices_of(registry, resolve(resolver, registry, text)) == acts(expected)
