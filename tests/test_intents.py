@@ -198,6 +198,12 @@ def test_sensitive_actions_are_proposed_for_confirmation(resolver: IntentResolve
         assert [(r.device, r.action, r.needs_confirmation) for r in resolved] == [(device, action, True)]
 
 
+def test_long_text_is_passed_on(resolver: IntentResolver, home: Registry) -> None:
+    """A text longer than any single command is left to the next resolver without matching."""
+    assert resolve(resolver, home, "turn off the kitchen light" + " " * 280) is not None  # spaces are trimmed
+    assert resolve(resolver, home, "please, " * 40 + "turn off the kitchen light") is None
+
+
 def test_unknown_language_logged_once(home: Registry) -> None:
     resolver = IntentResolver(None)
     with capture_logs() as logs:

@@ -26,6 +26,7 @@ from edged.devices.registry import Device, Registry
 
 log = structlog.get_logger("edged.intents")
 _WARM_UP_TEXT = "turn on the light"
+MAX_TEXT = 300  # characters: a longer text is no single spoken command, and matching cost grows with length
 
 
 class IntentResolver:
@@ -39,7 +40,7 @@ class IntentResolver:
 
     def resolve(self, registry: Registry, command: CommandContext) -> Proposal | None:
         intents = self.intents(command.language)
-        if intents is None or not command.text.strip():
+        if intents is None or not command.text.strip() or len(command.text.strip()) > MAX_TEXT:
             return None
         results = recognize_ranked(
             command.text,
