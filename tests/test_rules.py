@@ -265,3 +265,24 @@ def test_german_and_chinese_commands(text, language, expected):
 @pytest.mark.parametrize(("text", "language"), [("Ist das Licht im Wohnzimmer an?", "de"), ("客厅的灯开着吗", "zh")])
 def test_questions_in_other_languages(text, language):
     assert RULES.resolve(_multilingual(), CommandContext(text, language=language)) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "language", "expected"),
+    [
+        ("mach bitte das Licht in der Küche an", "de", "kitchen"),  # a separable verb around five words
+        ("schalte die Kaffeemaschine ein", "de", "coffee_machine"),  # "ein" is no number here
+        ("开一下落地灯", "zh", "living_room_lamp"),  # 一下 is "a moment", not the number one
+        ("把走廊灯调到百分之三十", "zh", "hallway_light"),  # Chinese numerals
+    ],
+)
+def test_shipped_german_and_chinese_registries(text, language, expected):
+    reg = load_registry(CONFIG / f"registry-home-{language}.toml")
+    proposal = RULES.resolve(reg, CommandContext(text, language=language))
+    assert proposal is not None
+    resolved, _ = parse_answer(reg, output_model(reg), proposal.answer_json())
+    assert {r.device for r in resolved} == (
+        {expected} if expected != "kitchen" else {"kitchen_ceiling", "kitchen_counter"}
+    )
+    if "百分之" in text:
+        assert resolved[0].params == {"brightness": 30}

@@ -29,6 +29,7 @@ FALLBACK: dict[str, tuple[str, ...]] = {
     "stop": ("turn_off", "close", "pause"),
     "activate": ("turn_on", "start"),
     "clean_area": ("start",),
+    "open": ("unlock",),  # "open the front door lock"
 }
 # Units a said number may carry for a parameter's unit; a number without a unit fits any but kelvin.
 UNIT_OK = {"%": {"%", None}, "°C": {"°C", None}, "rpm": {"rpm", None}, "s": {"s", None}}
