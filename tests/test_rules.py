@@ -286,3 +286,23 @@ def test_shipped_german_and_chinese_registries(text, language, expected):
     )
     if "百分之" in text:
         assert resolved[0].params == {"brightness": 30}
+
+
+def test_a_devices_own_action_wins_over_its_types():
+    """A valve with its own set_opening and the type's set_position: "open it to 30 percent" takes its own."""
+    from edged.devices.registry import Registry
+
+    own = {"params": {"opening": {"type": "integer", "min": 0, "max": 100, "unit": "%"}}, "payload": {"o": "{opening}"}}
+    reg = Registry.model_validate(
+        {
+            "name": "v",
+            "areas": [{"id": "a", "name": "Yard"}],
+            "devices": [
+                {"id": "v1", "name": "Drain valve", "area": "a", "type": "valve", "actions": {"set_opening": own}}
+            ],
+        }
+    )
+    proposal = RULES.resolve(reg, CommandContext("open the drain valve to 30 percent"))
+    assert proposal is not None and proposal.calls[0].action == "set_opening"
+    proposal = RULES.resolve(reg, CommandContext("set the drain valve position to 30 percent"))
+    assert proposal is not None and proposal.calls[0].action == "set_position"  # the parameter word said
