@@ -2,6 +2,7 @@
 
 Usage: python scripts/rules_accuracy.py edged/bench/eval/home.jsonl config/registry-home.toml [--split] [-v]
        [--language de]
+Rows may carry the request's ``area`` and device ``state`` (id -> state JSON text).
 ``--split`` resolves the parts of "X and Y" requests one by one (what the command pipeline does).
 """
 
@@ -26,11 +27,14 @@ def _num(params: dict) -> str:
     )
 
 
-def _got(reg, model, resolver, text: str, split: bool, language: str) -> frozenset | None:
+def _got(reg, model, resolver, row: dict, split: bool, language: str) -> frozenset | None:
+    text = row["text"]
     parts = re.split(r"\s*(?:,\s*)?\band\b\s*|:\s*", text) if split else [text]
     keys = set()
     for part in [p for p in parts if p.strip()] or [text]:
-        proposal = resolver.resolve(reg, CommandContext(part, language=language))
+        proposal = resolver.resolve(
+            reg, CommandContext(part, language=language, area=row.get("area"), states=row.get("state", {}))
+        )
         if proposal is None:
             if split and len(parts) > 1:
                 continue
@@ -55,7 +59,7 @@ def main() -> None:
     exact = answered = wrong = 0
     for row in rows:
         want = frozenset((e["device"], e["action"], _num(e["params"])) for e in row["expect"])
-        got = _got(reg, model, resolver, row["text"], args.split, args.language)
+        got = _got(reg, model, resolver, row, args.split, args.language)
         answered += got is not None
         ok = got == want if want else got is None
         exact += ok

@@ -92,6 +92,33 @@ def test_verbs_spanning_names_and_kinds_narrowed_by_action(text, expected):
     assert _do(text) == expected
 
 
+@pytest.mark.parametrize(
+    ("text", "area", "expected"),
+    [
+        ("hey can you switch the lounge lamp off", None, _one("living_room_lamp", "turn_off")),  # the one lamp
+        ("lamp off", "bedroom", _one("bedside_lamp", "turn_off")),
+        ("turn on the light", "office", _one("office_desk_lamp", "turn_on")),  # the office's one light
+        ("lock up the front door please", None, _one("front_door", "lock")),  # "up" is part of the verb
+        ("let me in, unlock the front door", None, _one("front_door", "unlock")),  # "in unlock" names no place
+        ("robot, go back to the dock", None, _one("robot_vacuum", "return_to_base")),
+        ("movie night please", None, _one("movie_night", "activate")),  # a scene named alone
+        ("trigger the wake up routine", None, _one("morning_routine", "activate")),  # "up" of a name
+        ("skip to the next song on the tv", None, _one("living_room_tv", "next")),
+        ("water the garden", None, _one("sprinkler", "open")),
+    ],
+)
+def test_crowd_phrasings(text, area, expected):
+    assert _do(text, area=area) == expected
+
+
+def test_everything_in_a_room_and_singular_ambiguity():
+    got = _do("turn everything off in the bedroom")
+    assert got == [(d, "turn_off", "{}") for d in ("bedroom_ceiling", "bedroom_fan", "bedside_lamp")]
+    assert _do("turn on the light", area="kids_room") is None  # two lights named "light" there
+    assert _do("turn on the light", area="bedroom") is None  # "Bedroom light" and the "night light" alias
+    assert _do("dim the hallway to 30 percent and turn off the kitchen lights") is None
+
+
 def test_plant_devices_numbers_in_names_and_own_actions():
     assert _do("start pump 2", PLANT) == _one("pump_2", "start")
     assert _do("close v1", PLANT) == _one("inlet_valve", "close")

@@ -171,7 +171,8 @@ def _unlinked(lex: Lexicon, ws: Sequence[Word], covered: set[int]) -> tuple[Word
         if w.text not in _AFTER:
             continue
         j = i + 1 + (i + 1 < len(ws) and ws[i + 1].text in ("the", "a", "my", "our"))
-        if j < len(ws) and j not in covered and ws[j].text not in lex.fillers and ws[j].text.isalpha():
+        verbs = {w for phrases in lex.actions.values() for p in phrases for w in p}
+        if j < len(ws) and j not in covered and ws[j].text not in lex.fillers | verbs and ws[j].text.isalpha():
             loose.add(j)
     return tuple(ws[i] for i in sorted(loose))
 

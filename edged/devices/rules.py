@@ -72,9 +72,9 @@ def _resolve(registry: Registry, command: CommandContext, lex: Lexicon, linking:
         return [], "several_verbs"
     verb = verbs[0] if verbs else None
     devices = tuple(m for m in linking.devices if verb is None or verb.first != 0 or not _overlap(m, verb))
-    actions = verb.actions if verb else ()
+    actions = verb.actions if verb else _named_routine(registry, devices)
     slots = extract(lex, linking.words, skip=linking.covered(), verb=_verb_words(verb))
-    if _modifier_unlinked(lex, linking, slots.used | _verb_words(verb)):
+    if _modifier_unlinked(lex, linking, slots.used.union(*(v.said for v in verbs))):
         return [], "unknown_modifier"
     valued = bool(slots.numbers or slots.relative or slots.extreme or slots.color or slots.kelvin)
     if verb is not None and verb.weak and not valued and _statement(lex, linking, verb, slots.used):
@@ -83,6 +83,12 @@ def _resolve(registry: Registry, command: CommandContext, lex: Lexicon, linking:
     if plan.reason:
         return [], plan.reason
     return choose_action(registry, command, plan, actions)
+
+
+def _named_routine(registry: Registry, devices: Sequence[Mention]) -> tuple[str, ...]:
+    """ "movie night please": a scene or script named alone is activated."""
+    kinds = {registry.device(m.ref).type for m in devices}
+    return ("activate",) if devices and kinds <= {"scene", "script"} else ()
 
 
 def _overlap(m: Mention, verb: Verb) -> bool:

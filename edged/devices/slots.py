@@ -95,9 +95,18 @@ def _hits(seq: Sequence[str], table: dict[str, tuple[tuple[str, ...], ...]]) -> 
     return [(key, f, la) for key, phrases in table.items() for p in phrases for f, la in find_phrase(seq, p)]
 
 
-def _direction(lex: Lexicon, seq: Sequence[str]) -> tuple[Direction | None, str | None, set[int]]:
+def _direction(
+    lex: Lexicon, seq: Sequence[str], skip: set[int], verb: set[int]
+) -> tuple[Direction | None, str | None, set[int]]:
+    """Up or down, and about what; not from words of a name ("wake up routine") or from part of a longer verb
+    ("lock up"; a verb that is itself a direction, "dim", counts)."""
     ups, downs = _hits(seq, lex.up), _hits(seq, lex.down)
     hits = [("up", *h) for h in ups] + [("down", *h) for h in downs]
+    hits = [
+        h
+        for h in hits
+        if not set(range(h[2], h[3])) & skip and not (h[3] - h[2] < len(verb) and set(range(h[2], h[3])) <= verb)
+    ]
     if not hits:
         return None, None, set()
     specific = [h for h in hits if h[1] != "any"]
@@ -133,8 +142,8 @@ def extract(
     ("warm up" is no colour)."""
     seq = [w.text for w in ws]
     numbers = _numbers(lex, seq, set(skip))
-    direction, dimension, dir_used = _direction(lex, seq)
-    colour, kelvin, colour_used = _colour(lex, seq, set(verb))
+    direction, dimension, dir_used = _direction(lex, seq, set(skip), set(verb))
+    colour, kelvin, colour_used = _colour(lex, seq, set(verb) | set(skip))
     rel = {key: find_phrase(seq, p) for key, ps in lex.relative.items() for p in ps if find_phrase(seq, p)}
     extreme = next((k for k in ("max", "min", "half") if k in rel), None)
     factor = 0.5 if "halve" in rel else 2.0 if "double" in rel else None

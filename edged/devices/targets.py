@@ -85,6 +85,16 @@ class Plan:
     def but(self, devices: Sequence[Device], scope: str | None = None, **kw: object) -> Plan:
         return Plan(tuple(devices), scope, slots=self.slots, words=self.words, verb=self.verb, **kw)  # type: ignore[arg-type]
 
+    def one_of(self, lex: Lexicon, linking: Linking, pool: Sequence[Device], scope: str | None) -> Plan:
+        """A singular kind word ("the lamp") means the one device named with it, else the one the action
+        fits; a plural means all of them."""
+        said = [linking.words[m.first].text for m in linking.types if m.last - m.first == 1]
+        singular = [w for w in said if any((w + "s",) in k.words for k in lex.kinds.values())]
+        if len(pool) < 2 or not singular or len(singular) != len(said):
+            return self.but(pool, scope)
+        named = [d for d in pool if set(singular) & _name_words(d, lex)]
+        return self.but(named) if len(named) == 1 else self.but(pool, scope, single=True)
+
     def able(self, pool: Sequence[Device]) -> list[Device]:
         """Without a value, the devices of a kind that have the verb's own action ("unlock the door")."""
         if not self.verb or _has_value(self.slots):
@@ -100,7 +110,7 @@ class Plan:
         found = [registry.device(m.ref) for m in devices]
         group = _alias_group(registry, lex, linking, devices)
         if group is not None:
-            return self.but(group[1], group[0])
+            return self.fail("area_disagrees") if set(areas) - {group[0]} else self.but(group[1], group[0])
         if any(d.zones for d in found) and len(areas) == 1:
             return self.but(found, clean=areas[0])
         if areas and any(d.area not in areas for d in found):
@@ -115,6 +125,8 @@ class Plan:
             vacuums = [d for d in registry.devices if d.zones]
             if CLEAN_AREA in self.verb and len(areas) == 1 and len(vacuums) == 1:  # "clean the kitchen"
                 return self.but(vacuums, clean=areas[0])
+            if areas and linking.everywhere is not None:  # "turn everything off in the bedroom"
+                return self.but([d for d in registry.devices if d.area in areas], areas[0], everything=True)
             if areas:
                 return self.but([d for d in registry.devices if d.area in areas], areas[0], single=True)
             if linking.everywhere is not None:
@@ -126,11 +138,13 @@ class Plan:
             vacuums = [d for d in pool if d.zones]
             return self.but(vacuums, clean=areas[0]) if len(vacuums) == 1 else self.fail("ambiguous_kind")
         if areas:
-            return self.but([d for d in pool if d.area in areas], areas[0] if len(areas) == 1 else None)
+            return self.one_of(
+                lex, linking, [d for d in pool if d.area in areas], areas[0] if len(areas) == 1 else None
+            )
         if linking.everywhere is not None:
             return self.but(pool, ALL)
         if command.area and any(d.area == command.area for d in pool):
-            return self.but([d for d in pool if d.area == command.area], command.area)
+            return self.one_of(lex, linking, [d for d in pool if d.area == command.area], command.area)
         return self.but(pool) if len(pool) == 1 else self.fail("ambiguous_kind")
 
 
@@ -139,6 +153,10 @@ def _areas(linking: Linking) -> list[str]:
     if linking.here is not None and linking.here.ref:
         found.append(linking.here.ref)
     return list(dict.fromkeys(found))
+
+
+def _name_words(d: Device, lex: Lexicon) -> set[str]:
+    return {w for n in (d.name, *d.aliases) for w in phrase_words(n, lex.language)}
 
 
 def _of_kind(registry: Registry, lex: Lexicon, kind_name: str) -> list[Device]:
