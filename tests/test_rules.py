@@ -105,6 +105,8 @@ def test_verbs_spanning_names_and_kinds_narrowed_by_action(text, expected):
         ("trigger the wake up routine", None, _one("morning_routine", "activate")),  # "up" of a name
         ("skip to the next song on the tv", None, _one("living_room_tv", "next")),
         ("water the garden", None, _one("sprinkler", "open")),
+        ("send the hoover back to its base", None, _one("robot_vacuum", "return_to_base")),  # "hoover" is a name here
+        ("switch the extractor off", None, _one("kitchen_fan", "turn_off")),  # the one fan named with the word
     ],
 )
 def test_crowd_phrasings(text, area, expected):

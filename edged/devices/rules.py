@@ -136,11 +136,13 @@ def _phrases(lex: Lexicon, registry: Registry) -> dict[tuple[str, ...], list[str
 def _verbs(lex: Lexicon, registry: Registry, seq: Sequence[str], named: set[int]) -> list[Verb]:
     """The verbs said: the most verb words first, contiguous before gapped, without overlaps.
 
-    A verb inside a linked name ("send the vacuum home") counts only when no other verb is said.
+    A verb inside a linked name ("send the vacuum home") counts only when no other verb is said and it
+    opens the command ("hoover the kitchen").
     """
     hits = [(p, f, la, acts) for p, acts in _phrases(lex, registry).items() for f, la in find_phrase(seq, p)]
     outside = [h for h in hits if not set(range(h[1], h[2])) <= named]
-    hits = outside or hits
+    start = next((i for i, w in enumerate(seq) if w not in lex.fillers), 0)
+    hits = outside or [h for h in hits if h[1] == start]  # "hoover the kitchen", not "send the hoover ..."
     hits.sort(key=lambda h: (-(len(h[0]) - (GAP in h[0])), GAP in h[0], h[1]))  # most verb words, contiguous
     chosen: list[Verb] = []
     for phrase, first, last, actions in hits:

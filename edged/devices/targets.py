@@ -145,6 +145,9 @@ class Plan:
             return self.but(pool, ALL)
         if command.area and any(d.area == command.area for d in pool):
             return self.one_of(lex, linking, [d for d in pool if d.area == command.area], command.area)
+        if len(pool) > 1:  # "the extractor": the one device whose name has the kind word said
+            said = {linking.words[m.first].text for m in linking.types if m.last - m.first == 1}
+            pool = [d for d in pool if said & _name_words(d, lex)] or pool
         return self.but(pool) if len(pool) == 1 else self.fail("ambiguous_kind")
 
 
