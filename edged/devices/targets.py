@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 
 from edged.devices.lexicon import Lexicon, phrase_words
 from edged.devices.linking import Linking, Mention
-from edged.devices.proposal import Call, CommandContext, ParamValue
-from edged.devices.registry import CLEAN_AREA, Action, Device, Param, Registry
-from edged.devices.relative import change, within
+from edged.devices.proposal import Call, CommandContext
+from edged.devices.registry import CLEAN_AREA, Action, Device, Registry
 from edged.devices.slots import Slots
+from edged.devices.values import has_value, open_close, value_for, valued_action
 
 ALL = "all"
 # When the verb's own action is missing on a device, the nearest one it has.
@@ -32,16 +32,6 @@ FALLBACK: dict[str, tuple[str, ...]] = {
     "open": ("unlock",),  # "open the front door lock"
 }
 # Units a said number may carry for a parameter's unit; a number without a unit fits any but kelvin.
-UNIT_OK = {"%": {"%", None}, "°C": {"°C", None}, "rpm": {"rpm", None}, "s": {"s", None}}
-# What relative words are about, as parameter names.
-DIMENSION = {
-    "brightness": {"brightness"},
-    "volume": {"volume"},
-    "temperature": {"setpoint", "kelvin"},
-    "speed": {"speed", "rpm"},
-    "position": {"position", "opening"},
-}
-OPENING = {"position", "opening"}  # the parameters "open ... to 30 percent" means
 EVERYWHERE_ACTIONS = {"turn_off"}  # "turn off everything": the one action "everything" may take without a kind
 
 
@@ -97,7 +87,7 @@ class Plan:
 
     def able(self, pool: Sequence[Device]) -> list[Device]:
         """Without a value, the devices of a kind that have the verb's own action ("unlock the door")."""
-        if not self.verb or _has_value(self.slots):
+        if not self.verb or has_value(self.slots):
             return list(pool)
         return [d for d in pool if set(self.verb) & set(d.all_actions())]
 
@@ -209,85 +199,16 @@ def _actions_for(device: Device, verb: Sequence[str], *, fallback: bool = True) 
     return []
 
 
-def _fits(pname: str, param: Param, slots: Slots) -> bool:
-    if slots.color is not None:
-        return param.type == "enum" and slots.color in (param.values or [])
-    if param.type not in ("integer", "number"):
-        return False
-    if slots.kelvin is not None:
-        return param.unit == "K"
-    if param.unit == "K" and slots.dimension != "temperature":
-        return False
-    said = slots.value()
-    if said is not None and said.unit is not None and said.unit not in UNIT_OK.get(param.unit or "", {None}):
-        return False
-    return slots.dimension is None or pname in DIMENSION.get(slots.dimension, {pname})
-
-
-def _valued(device: Device, slots: Slots, words: Sequence[str], verb: Sequence[str]) -> tuple[str, str, Param] | None:
-    """The one action of ``device`` with a single parameter that the said value fits."""
-    options = [
-        (name, pname, p)
-        for name, a in device.all_actions().items()
-        if len(a.params) == 1 and name != CLEAN_AREA
-        for pname, p in a.params.items()
-        if _fits(pname, p, slots)
-    ]
-    for narrow in (
-        lambda o: o[0] in verb,
-        lambda o: o[1] in words,
-        lambda o: o[0] in device.actions,
-        lambda o: o[1] in OPENING and bool({"open", "close"} & set(verb)),
-    ):
-        if len(options) > 1 and any(narrow(o) for o in options):
-            options = [o for o in options if narrow(o)]
-    return options[0] if len(options) == 1 else None
-
-
-def _value(pname: str, param: Param, slots: Slots, state: str | None) -> ParamValue | None:
-    if slots.color is not None:
-        return slots.color
-    if slots.kelvin is not None:
-        return slots.kelvin if within(slots.kelvin, param) else None
-    said = slots.value()
-    if slots.relative or slots.extreme is not None:
-        if said is not None and said.absolute and slots.factor is None:
-            return _absolute(said.value, param)
-        found = change(pname, param, slots, state)
-        return None if found is None else _typed(found.value, param)
-    return None if said is None else _absolute(said.value, param)
-
-
-def _absolute(value: float, param: Param) -> ParamValue | None:
-    return _typed(value, param) if within(value, param) else None
-
-
-def _typed(value: float, param: Param) -> ParamValue:
-    return int(value) if param.type == "integer" or value == int(value) else value
-
-
-def _has_value(slots: Slots) -> bool:
-    return bool(slots.numbers or slots.color or slots.kelvin or slots.relative or slots.extreme)
-
-
-def _open_close(device: Device, slots: Slots) -> str | None:
-    """ "raise the blinds", "lower the shades": open or close when no amount is said."""
-    if slots.direction is None or slots.numbers or slots.small or slots.extreme:
-        return None
-    name = "open" if slots.direction == "up" else "close"
-    return name if name in device.all_actions() else None
-
-
 def _call(device: Device, command: CommandContext, plan: Plan, verb: Sequence[str]) -> Call | None:
     slots = plan.slots
-    if _has_value(slots):
-        plain = _open_close(device, slots)
+    if has_value(slots):
+        plain = open_close(device, slots)
         if plain is not None:
             return Call(action=plain, device=device.id)
-        picked = _valued(device, slots, plan.words, verb)
+        picked = valued_action(device, slots, plan.words, verb)
         if picked is None:
             return None
-        value = _value(picked[1], picked[2], slots, command.states.get(device.id))
+        value = value_for(picked[1], picked[2], slots, command.states.get(device.id))
         return None if value is None else Call(action=picked[0], params={picked[1]: value}, device=device.id)
     names = _actions_for(device, verb, fallback=plan.one_by_one)  # no "open" for "turn it on" in a room
     return Call(action=names[0], device=device.id) if names else None
@@ -297,7 +218,7 @@ def choose_action(
     registry: Registry, command: CommandContext, plan: Plan, verb: Sequence[str]
 ) -> tuple[list[Call], str]:
     """The calls for a plan, or no calls and the reason."""
-    if not verb and not _has_value(plan.slots):
+    if not verb and not has_value(plan.slots):
         return [], "no_verb"
     if plan.clean is not None:
         ok = all(plan.clean in (d.zones or []) for d in plan.devices) and (
