@@ -219,6 +219,8 @@ def test_values_said_with_the_current_value():
         ("the big light is on", "statement"),
         ("set the kitchen light to -20", "action_not_available"),  # a minus sign is kept, then out of range
         ("turn the volume up on the tv by 100", "action_not_available"),  # a change needs the value now
+        ("turn the kitchen light on and off", "several_verbs"),
+        ("turn the tv to channel 5", "unknown_value"),  # a number after a word that names nothing known
     ],
 )
 def test_refusals_leave_the_command_to_the_next_layer(text, reason):
@@ -239,6 +241,14 @@ def test_refusals_leave_the_command_to_the_next_layer(text, reason):
 )
 def test_plant_refusals(text):
     assert RULES.resolve(PLANT, CommandContext(text)) is None
+
+
+def test_off_on_a_plant_stops_nothing_unasked():
+    """ "Shut down line 1" could be the lights or the conveyor: refused. "Everything off" never stops a pump."""
+    assert RULES.resolve(PLANT, CommandContext("shut down line 1")) is None
+    proposal = RULES.resolve(PLANT, CommandContext("turn off everything"))
+    assert proposal is not None and {c.action for c in proposal.calls} == {"turn_off"}
+    assert _do("switch off pump 2", PLANT) == _one("pump_2", "stop")  # named: the pump's own off
 
 
 def test_extra_lexicon_words_resolve(tmp_path):

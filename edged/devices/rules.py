@@ -20,7 +20,7 @@ from edged.devices.lexicon import GAP, Lexicon, find_phrase, load_lexicon, phras
 from edged.devices.linking import Linking, Mention, link
 from edged.devices.proposal import Call, CommandContext, Proposal
 from edged.devices.registry import Registry
-from edged.devices.slots import extract
+from edged.devices.slots import Slots, extract
 from edged.devices.targets import Plan, choose_action
 
 log = structlog.get_logger("edged.rules")
@@ -79,6 +79,8 @@ def _resolve(registry: Registry, command: CommandContext, lex: Lexicon, linking:
     valued = bool(slots.numbers or slots.relative or slots.extreme or slots.color or slots.kelvin)
     if verb is not None and verb.weak and not valued and _statement(lex, linking, verb, slots.used):
         return [], "statement"  # "the kitchen light keeps turning off"
+    if _orphan_number(lex, linking, slots, verbs):
+        return [], "unknown_value"  # "turn the tv to channel 5"
     plan = Plan.build(registry, command, lex, linking, devices, slots, actions)
     if plan.reason:
         return [], plan.reason
@@ -103,6 +105,18 @@ def _verb_words(verb: Verb | None) -> frozenset[int]:
 def _unsupported(lex: Lexicon, seq: Sequence[str], named: set[int]) -> bool:
     """ "don't", "except", "or", "in ten minutes": outside linked names ("morning routine" is a name)."""
     return any(not set(range(f, la)) & named for p in lex.unsupported for f, la in find_phrase(seq, p))
+
+
+def _orphan_number(lex: Lexicon, linking: Linking, slots: Slots, verbs: Sequence[Verb]) -> bool:
+    """A number right after a word that names nothing known ("channel 5"): not a value the rules understand."""
+    known = linking.covered() | slots.used | set().union(*(v.said for v in verbs))
+    for n in slots.numbers:
+        i = n.first - 1
+        word = linking.words[i].text if i >= 0 else ""
+        current = {w for p in lex.current for w in p}  # "is at 40"
+        if i >= 0 and i not in known and word.isalpha() and word not in lex.fillers | lex.absolute | current:
+            return True
+    return False
 
 
 def _statement(lex: Lexicon, linking: Linking, verb: Verb, used: frozenset[int]) -> bool:
@@ -153,7 +167,8 @@ def _verbs(lex: Lexicon, registry: Registry, seq: Sequence[str], named: set[int]
         elif not any(v.first < last and first < v.last for v in chosen):
             chosen.append(Verb(tuple(actions), first, last, phrase in lex.weak_verbs, _said(phrase, first, last)))
     strong = [v for v in chosen if not v.weak]
-    return sorted(strong or chosen, key=lambda v: v.first)
+    last = [v for v in chosen if v.weak and v.last == len(seq)]  # "turn the light on and off": two orders
+    return sorted(strong + last if strong else chosen, key=lambda v: v.first)
 
 
 def _modifier_unlinked(lex: Lexicon, linking: Linking, used: frozenset[int]) -> bool:

@@ -226,8 +226,10 @@ def choose_action(
         )
         calls = [Call(action=CLEAN_AREA, params={"area": plan.clean}, device=d.id) for d in plan.devices]
         return (calls, "") if ok and calls else ([], "cannot_clean_there")
-    if plan.everything and not set(verb) & EVERYWHERE_ACTIONS:
-        return [], "everything_only_off"
+    if plan.everything:
+        verb = [a for a in verb if a in EVERYWHERE_ACTIONS]  # "turn off everything" stops no pump
+        if not verb:
+            return [], "everything_only_off"
     maybe = [_call(d, command, plan, verb) for d in plan.devices]
     if plan.one_by_one and any(c is None for c in maybe):
         return [], "action_not_available"
