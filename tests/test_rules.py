@@ -249,6 +249,7 @@ def test_off_on_a_plant_stops_nothing_unasked():
     proposal = RULES.resolve(PLANT, CommandContext("turn off everything"))
     assert proposal is not None and {c.action for c in proposal.calls} == {"turn_off"}
     assert _do("switch off pump 2", PLANT) == _one("pump_2", "stop")  # named: the pump's own off
+    assert _do("halt pump two", PLANT) == _one("pump_2", "stop")  # a number word in a numbered name
 
 
 def test_extra_lexicon_words_resolve(tmp_path):

@@ -177,11 +177,26 @@ def _unlinked(lex: Lexicon, ws: Sequence[Word], covered: set[int]) -> tuple[Word
     return tuple(ws[i] for i in sorted(loose))
 
 
+def _numbered(registry: Registry, lex: Lexicon, ws: list[Word]) -> list[Word]:
+    """ "pump two" as "pump 2" when a device name has a number after that word ("Pump 2")."""
+    heads = set()
+    for d in registry.devices:
+        for n in (d.name, *d.aliases):
+            said = phrase_words(n, lex.language)
+            heads |= {a for a, b in zip(said, said[1:]) if b.isdigit()}
+    out = list(ws)
+    for i in range(1, len(out)):
+        value = lex.numbers.get(out[i].text)
+        if out[i - 1].text in heads and value is not None and value == int(value):
+            out[i] = Word(str(int(value)), out[i].start, out[i].end)
+    return out
+
+
 def link(registry: Registry, command: CommandContext, *, extra_lexicons: tuple[Path, ...] = ()) -> Linking:
     """The areas, devices and device kinds ``command`` names, by name, alias, plural and typo."""
     lex = load_lexicon(command.language, extra_lexicons)
     text = normalize(command.text, lex.language)
-    ws = words(text)
+    ws = _numbered(registry, lex, words(text))
     chosen = [_with_span(m, ws) for m in _choose(_candidates(registry, lex, [w.text for w in ws], command.area))]
     by = {kind: tuple(m for m in chosen if m.kind == kind) for kind in _RANK}
     linking = Linking(

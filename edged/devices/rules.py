@@ -108,9 +108,13 @@ def _unsupported(lex: Lexicon, seq: Sequence[str], named: set[int]) -> bool:
 
 
 def _orphan_number(lex: Lexicon, linking: Linking, slots: Slots, verbs: Sequence[Verb]) -> bool:
-    """A number right after a word that names nothing known ("channel 5"): not a value the rules understand."""
+    """A number right after a word that names nothing known ("channel 5") or right after a kind word
+    ("pump 7", when no device is called that): not a value the rules understand."""
     known = linking.covered() | slots.used | set().union(*(v.said for v in verbs))
+    kinds = {m.last for m in linking.types}
     for n in slots.numbers:
+        if n.first in kinds and n.unit is None:  # "pump 7": a device the home does not have
+            return True
         i = n.first - 1
         word = linking.words[i].text if i >= 0 else ""
         current = {w for p in lex.current for w in p}  # "is at 40"
