@@ -161,7 +161,7 @@ def _resolve(device: Device, name: str, params: dict[str, Any]) -> Resolved:
         action=name,
         params=params,
         topic=action.topic or device.command_topic,
-        payload=render_payload(action.payload, params),
+        payload=render_payload(action.payload, action.template_values(params)),
         needs_confirmation=needs_confirmation(action, params),
     )
 
