@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-from edged.protocol import Request
+from edged.protocol import Request, Result
 from edged.service.handler import Job, Service
 from edged.service.sessions import SessionStore
 
@@ -62,6 +62,13 @@ def load_cases(path: Path, registry: Any) -> list[Case]:
     return cases
 
 
+def _actions(result: Result) -> frozenset[tuple[str, str, str]]:
+    """The (device, action, params) a command result lists."""
+    listed = (result.result or {}).get("actions")
+    items = listed if isinstance(listed, list) else []
+    return frozenset(_key(a["device"], a["action"], a["params"]) for a in items if isinstance(a, dict))
+
+
 def run_cases(service: Service, cases: list[Case], *, progress: bool = True) -> list[Outcome]:
     outcomes = []
     for i, case in enumerate(cases):
@@ -75,8 +82,7 @@ def run_cases(service: Service, cases: list[Case], *, progress: bool = True) -> 
             include_reasoning=False,
         )
         result = service.handle(job)
-        actions = (result.result or {}).get("actions", [])
-        got = frozenset(_key(a["device"], a["action"], a["params"]) for a in actions)
+        got = _actions(result)
         valid = not (result.error and result.error.code.value in ("invalid_answer", "generation_failed"))
         correct = valid and (got == case.expect if case.expect else result.status == "rejected")
         outcomes.append(

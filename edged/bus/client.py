@@ -10,7 +10,7 @@ import ssl
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,7 +99,9 @@ class EdgedClient:
     def subscribe(self, topic: str) -> None:
         done = threading.Event()
         with self._cond:
-            _, mid = self._client.subscribe(topic, qos=1)
+            rc, mid = self._client.subscribe(topic, qos=1)
+            if mid is None:
+                raise ConnectionError(f"cannot subscribe to {topic}: {rc}")
             self._acks[mid] = done
         if not done.wait(self.timeout):
             raise TimeoutError(f"no SUBACK for {topic}")
@@ -162,7 +164,7 @@ class EdgedClient:
         with self._cond:
             return [m for m in self._received if topic is None or m.topic == topic]
 
-    def request(self, kind: str, body: dict[str, Any], *, timeout: float | None = None) -> dict[str, Any]:
+    def request(self, kind: str, body: Mapping[str, object], *, timeout: float | None = None) -> dict[str, Any]:
         """Publish a request on ``{base}/{kind}`` and return its result from ``{base}/result/{id}``."""
         body = {"id": uuid.uuid4().hex[:12], **body}
         topic = f"{self.base}/result/{body['id']}"

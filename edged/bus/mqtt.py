@@ -13,7 +13,7 @@ import ssl
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -142,7 +142,7 @@ class Bus:
         return client
 
     # -- lifecycle -------------------------------------------------------------------------
-    def start(self, subscriptions: list[str], *, watch: list[str] = ()) -> None:
+    def start(self, subscriptions: list[str], *, watch: Sequence[str] = ()) -> None:
         """Connect in the background; paho retries with backoff until the broker answers.
 
         ``subscriptions`` are request topics (retained messages there are not wanted);

@@ -13,11 +13,12 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from edged.devices.registry import Action, Device, Param, Registry, on_step
+from edged.typeforms import any_of, list_of, one_of
 
 MAX_ACTIONS = 6
 MAX_SAY = 160
@@ -30,17 +31,19 @@ class _Closed(BaseModel):
 
 def _param_type(p: Param) -> Any:
     if p.type == "integer":
-        return Annotated[int, Field(ge=int(p.min), le=int(p.max))]  # type: ignore[arg-type]
+        lo, hi = p.bounds
+        return Annotated[int, Field(ge=int(lo), le=int(hi))]
     if p.type == "number":  # bounded precision: unbounded decimals let sampling run on digits forever
+        lo, hi = p.bounds
         return Annotated[
             float,
-            Field(ge=p.min, le=p.max, json_schema_extra={"multipleOf": p.step}),
+            Field(ge=lo, le=hi, json_schema_extra={"multipleOf": p.step}),
             AfterValidator(functools.partial(_check_step, step=p.step)),
         ]
     if p.type == "boolean":
         return bool
     if p.type == "enum":
-        return Literal[tuple(p.values)]  # type: ignore[misc]
+        return one_of(p.choices)
     return Annotated[str, Field(max_length=p.max_length)]
 
 
@@ -80,8 +83,8 @@ def device_action_models(devices: Iterable[Device]) -> list[type[BaseModel]]:
                 create_model(
                     f"Do{tag}",
                     __base__=_Closed,
-                    device=(Literal[d.id], ...),
-                    action=(Literal[name], ...),
+                    device=(one_of([d.id]), ...),
+                    action=(one_of([name]), ...),
                     params=(_params_model(f"{tag}Params", action), ...),
                 )
             )
@@ -97,17 +100,16 @@ def output_model(registry: Registry) -> type[BaseModel]:
             create_model(
                 f"All{tag}",
                 __base__=_Closed,
-                area=(Literal[area], ...),
-                type=(Literal[dtype], ...),
-                action=(Literal[name], ...),
+                area=(one_of([area]), ...),
+                type=(one_of([dtype]), ...),
+                action=(one_of([name]), ...),
                 params=(_params_model(f"All{tag}Params", action), ...),
             )
         )
-    item = Union[tuple(items)]  # type: ignore[valid-type]  # noqa: UP007 (a union built at run time)
     return create_model(
         "CommandAnswer",
         __base__=_Closed,
-        actions=(list[item], Field(max_length=MAX_ACTIONS)),  # type: ignore[valid-type]  # noqa: UP007 (a union built at run time)
+        actions=(list_of(any_of(items)), Field(max_length=MAX_ACTIONS)),
         say=(str, Field(max_length=MAX_SAY)),
     )
 

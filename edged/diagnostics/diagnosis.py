@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
@@ -15,6 +15,7 @@ from edged.devices.registry import Device, Registry
 from edged.diagnostics.summaries import Summary, citable, relevant, subject, summarise
 from edged.diagnostics.telemetry import Series, TelemetryStore
 from edged.prompts import Turn, user_content
+from edged.typeforms import any_of, list_of, one_of
 
 DIAGNOSIS_SYSTEM = (
     "You are edged, a diagnostic assistant for machines and sensors. Think about the question and the "
@@ -31,6 +32,7 @@ MAX_RAW = 20  # raw readings per sensor at most
 RAW_LABEL = "recent (s ago: value): "
 Text = Annotated[str, Field(max_length=80)]
 Number = Annotated[float, Field(ge=-1e6, le=1e6, json_schema_extra={"multipleOf": 0.001})]
+Severity = Literal["ok", "info", "warning", "critical"]
 Confidence = Annotated[float, Field(ge=0, le=1, json_schema_extra={"multipleOf": 0.05})]
 
 
@@ -51,8 +53,8 @@ def _step_model(devices: Sequence[Device]) -> type[BaseModel]:
     """A recommended step; with devices, optionally one of their registry actions (never dispatched)."""
     if not devices:
         return Step
-    do: Any = Union[tuple(device_action_models(devices))]  # type: ignore[valid-type]  # noqa: UP007 (a union built at run time)
-    return create_model("Step", __base__=_Closed, action=(Text, ...), do=(Optional[do], None))  # noqa: UP045
+    do = any_of([*device_action_models(devices), None])
+    return create_model("Step", __base__=_Closed, action=(Text, ...), do=(do, None))
 
 
 def _finding_model(cite: Mapping[str, Sequence[float]]) -> Any:
@@ -61,8 +63,8 @@ def _finding_model(cite: Mapping[str, Sequence[float]]) -> Any:
         create_model(
             f"Finding{i}",
             __base__=_Closed,
-            sensor=(Literal[key], ...),
-            value=(Literal[tuple(numbers)], ...),
+            sensor=(one_of([key]), ...),
+            value=(one_of(numbers), ...),
             note=(Text, ...),
         )
         for i, (key, numbers) in enumerate(cite.items())
@@ -76,7 +78,7 @@ def _finding_model(cite: Mapping[str, Sequence[float]]) -> Any:
             value=(Number, ...),
             note=(Text, ...),
         )
-    return Union[tuple(models)]  # type: ignore[valid-type]  # noqa: UP007 (a union built at run time)
+    return any_of(models)
 
 
 def diagnosis_model(cite: Mapping[str, Sequence[float]], devices: Sequence[Device] = ()) -> type[BaseModel]:
@@ -87,10 +89,10 @@ def diagnosis_model(cite: Mapping[str, Sequence[float]], devices: Sequence[Devic
         "Diagnosis",
         __base__=_Closed,
         summary=(Annotated[str, Field(max_length=160)], ...),
-        severity=(Literal["ok", "info", "warning", "critical"], ...),
-        findings=(list[finding], Field(max_length=4)),  # type: ignore[valid-type]  # noqa: UP007 (a union built at run time)
+        severity=(Severity, ...),
+        findings=(list_of(finding), Field(max_length=4)),
         likely_causes=(list[Cause], Field(max_length=3)),
-        recommended_actions=(list[_step_model(devices)], Field(max_length=3)),  # type: ignore[misc]
+        recommended_actions=(list_of(_step_model(devices)), Field(max_length=3)),
         data_gaps=(list[Text], Field(max_length=3)),
     )
 
