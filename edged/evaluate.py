@@ -10,15 +10,19 @@ import json
 import statistics
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
+from edged.devices.commands import DeviceControl
+from edged.devices.registry import Registry
 from edged.protocol import Request, Result
-from edged.service.handler import Job, Service
+from edged.service.handler import Engine, Job, Service
 from edged.service.sessions import SessionStore
+from edged.settings import ModelSettings
 
 log = structlog.get_logger("edged.eval")
 
@@ -42,7 +46,7 @@ class Outcome:
     mask_ms: float
 
 
-def _key(device: str, action: str, params: dict[str, Any]) -> tuple[str, str, str]:
+def _key(device: str, action: str, params: Mapping[str, object]) -> tuple[str, str, str]:
     norm = {
         k: round(float(v), 3) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
         for k, v in params.items()
@@ -50,7 +54,7 @@ def _key(device: str, action: str, params: dict[str, Any]) -> tuple[str, str, st
     return device, action, json.dumps(norm, sort_keys=True)
 
 
-def load_cases(path: Path, registry: Any) -> list[Case]:
+def load_cases(path: Path, registry: Registry) -> list[Case]:
     types = {d.id: d.type for d in registry.devices}
     cases = []
     for line in path.read_text().splitlines():
@@ -144,8 +148,17 @@ def print_table(rows: dict[str, dict[str, Any]]) -> None:
         )
 
 
+class ControlFactory(Protocol):
+    def __call__(self, *, constrain: bool) -> DeviceControl: ...
+
+
 def evaluate(
-    engine: Any, model_settings: Any, control_factory: Any, cases: list[Case], *, modes: list[str]
+    engine: Engine,
+    model_settings: ModelSettings,
+    control_factory: ControlFactory,
+    cases: list[Case],
+    *,
+    modes: list[str],
 ) -> dict[str, dict[str, Any]]:
     rows = {}
     for mode in modes:

@@ -11,7 +11,7 @@ import re
 import uuid
 from dataclasses import dataclass
 from enum import Enum
-from typing import Annotated, Literal, TypeVar, Union, get_args
+from typing import Annotated, Literal, TypeGuard, TypeVar, Union, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import ErrorDetails
@@ -31,6 +31,11 @@ _M = TypeVar("_M", bound=BaseModel)
 # A JSON document as json.loads returns it; read one with isinstance checks, or validate it with a model.
 JSON = Union[str, int, float, bool, None, list["JSON"], dict[str, "JSON"]]  # noqa: UP007 (recursive alias)
 JSONObject = dict[str, JSON]
+
+
+def is_priority(value: str) -> TypeGuard[Priority]:
+    """True when ``value`` names a scheduling class."""
+    return value in PRIORITIES
 
 
 class ErrorCode(str, Enum):

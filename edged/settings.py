@@ -444,7 +444,9 @@ def find_config_file(explicit: Path | None, environ: Mapping[str, str] | None = 
 
 
 def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
-    """Read and validate settings; raises ``pydantic.ValidationError`` or ``FileNotFoundError``."""
+    """Read and validate settings; raises ``pydantic.ValidationError`` or ``FileNotFoundError``.
+
+    ``overrides`` go to pydantic-settings as init arguments (section dicts, validated there)."""
     path = find_config_file(config)
     if path is None:
         return Settings(**overrides)

@@ -18,6 +18,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from edged.bus.tcp import no_delay
 
@@ -180,8 +181,8 @@ class EdgedClient:
         if reason is not None:
             raise PermissionError(f"the broker refused the {what}: {reason}")
 
-    def _ack(self, mid: int, reasons: list[Any]) -> None:
-        failed = [str(r) for r in reasons if getattr(r, "is_failure", False)]
+    def _ack(self, mid: int, reasons: list[ReasonCode]) -> None:
+        failed = [str(r) for r in reasons if r.is_failure]
         with self._cond:
             if failed:
                 self._refused[mid] = ", ".join(failed)
@@ -189,7 +190,7 @@ class EdgedClient:
         if event:
             event.set()
 
-    def _on_message(self, _client: Any, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
+    def _on_message(self, _client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
         props = getattr(msg, "properties", None)
         correlation = getattr(props, "CorrelationData", None) if props else None
         received = Received(msg.topic, bytes(msg.payload), bool(msg.retain), correlation, time.monotonic())

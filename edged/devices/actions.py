@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -20,6 +20,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from edged.devices.registry import Action, Device, Param, Registry, on_step
 from edged.typeforms import any_of, list_of, one_of
 
+ParamValue = int | float | bool | str  # what a validated parameter holds (see Param.type)
+Params = dict[str, ParamValue]
 MAX_ACTIONS = 6
 MAX_SAY = 160
 ALL_AREAS = "all"
@@ -120,12 +122,12 @@ class Resolved:
 
     device: str
     action: str
-    params: dict[str, Any]
+    params: Params
     topic: str | None
     payload: bytes
     needs_confirmation: bool
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, object]:
         return {"device": self.device, "action": self.action, "params": self.params}
 
 
@@ -156,7 +158,7 @@ def parse_answer(registry: Registry, model: type[BaseModel], text: str) -> tuple
     return resolved, answer.say  # type: ignore[attr-defined]
 
 
-def _resolve(device: Device, name: str, params: dict[str, Any]) -> Resolved:
+def _resolve(device: Device, name: str, params: Params) -> Resolved:
     action = device.all_actions()[name]
     return Resolved(
         device=device.id,
@@ -168,20 +170,22 @@ def _resolve(device: Device, name: str, params: dict[str, Any]) -> Resolved:
     )
 
 
-def needs_confirmation(action: Action, params: dict[str, Any]) -> bool:
+def needs_confirmation(action: Action, params: Params) -> bool:
     if action.confirm:
         return True
     rule = action.confirm_if
     if rule is None:
         return False
     value = params[rule.param]
+    if isinstance(value, str):  # the registry allows confirm_if on numbers only; never skip it if one slips through
+        return True
     return (rule.above is not None and value > rule.above) or (rule.below is not None and value < rule.below)
 
 
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
 
-def _fill(value: Any, params: dict[str, Any]) -> Any:
+def _fill(value: object, params: Params) -> object:
     if isinstance(value, dict):
         return {k: _fill(v, params) for k, v in value.items()}
     if isinstance(value, list):
@@ -194,7 +198,7 @@ def _fill(value: Any, params: dict[str, Any]) -> Any:
     return value
 
 
-def render_payload(template: dict[str, Any] | str, params: dict[str, Any]) -> bytes:
+def render_payload(template: Mapping[str, object] | str, params: Params) -> bytes:
     """A dict template becomes JSON with typed values; a string template is filled as text."""
     filled = _fill(template, params)
     return (filled if isinstance(filled, str) else json.dumps(filled, separators=(",", ":"))).encode()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 from edged.devices.registry import Device, Param, Registry
 from edged.prompts import Turn, user_content
@@ -82,7 +81,7 @@ def device_messages(
     text: str,
     *,
     states: Mapping[str, str],
-    context: Mapping[str, Any] | None = None,
+    context: Mapping[str, object] | None = None,
     history: Iterable[Turn] = (),
 ) -> list[dict[str, str]]:
     """A device command: registry first (static), then history, then current states and the request."""

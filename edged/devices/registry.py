@@ -92,6 +92,8 @@ class Action(_Strict):
     def _confirm_param(self) -> Action:
         if self.confirm_if is not None and self.confirm_if.param not in self.params:
             raise ValueError(f"confirm_if names unknown parameter {self.confirm_if.param!r}")
+        if self.confirm_if is not None and self.params[self.confirm_if.param].type not in ("integer", "number"):
+            raise ValueError(f"confirm_if needs an integer or number parameter, not {self.confirm_if.param!r}")
         return self
 
 

@@ -138,7 +138,7 @@ def actions_block(devices: Sequence[Device]) -> str:
 
 
 def diagnosis_messages(
-    text: str, *, telemetry: str, context: Mapping[str, Any] | None, history: Iterable[Turn] = (), actions: str = ""
+    text: str, *, telemetry: str, context: Mapping[str, object] | None, history: Iterable[Turn] = (), actions: str = ""
 ) -> list[dict[str, str]]:
     messages = [{"role": "system", "content": DIAGNOSIS_SYSTEM}]
     for turn in history:
@@ -176,14 +176,14 @@ class Prepared:
     abnormal: list[str]  # of those, flagged by edged's own numbers (out of range, stale, unusual)
     floor: str = "ok"  # severity_floor() of the shown sensors
 
-    def outcome(self, answer: str) -> tuple[dict[str, Any] | None, str | None]:
+    def outcome(self, answer: str) -> tuple[dict[str, object] | None, str | None]:
         """The query's result (the validated diagnosis, its severity raised to the floor if the model
         rated lower, and what edged saw), or why the answer is not a diagnosis."""
         try:
             diagnosis = self.model.model_validate_json(answer).model_dump()
         except ValidationError as exc:
             return None, f"the answer is not a valid diagnosis: {exc.error_count()} error(s)"
-        result: dict[str, Any] = {
+        result: dict[str, object] = {
             "diagnosis": diagnosis,
             "sensors": self.sensors,
             "abnormal": self.abnormal,
@@ -207,7 +207,7 @@ class Diagnostics:
         max_sensors: int,
         count_tokens: Callable[[str], int] = lambda text: len(text) // 3 + 1,
         registry: Callable[[], Registry | None] = lambda: None,
-        clock: Any = time.time,
+        clock: Callable[[], float] = time.time,
     ):
         """``count_tokens``: the model's tokenizer (the default guesses from the length)."""
         self.store = store
@@ -217,7 +217,7 @@ class Diagnostics:
         self._max_sensors = max_sensors
         self._clock = clock
 
-    def prepare(self, text: str, *, context: Mapping[str, Any] | None, history: Iterable[Turn]) -> Prepared:
+    def prepare(self, text: str, *, context: Mapping[str, object] | None, history: Iterable[Turn]) -> Prepared:
         series = self.store.series() if self.store else []
         now = self._clock()
         registry = self._registry()
