@@ -57,6 +57,26 @@ def _reg(**changes) -> dict:
             },
             "min <= max",
         ),
+        (
+            {
+                "devices": [
+                    {
+                        "id": "l1",
+                        "name": "L",
+                        "area": "a",
+                        "type": "generic",
+                        "actions": {
+                            "go": {
+                                "params": {"mode": {"type": "enum", "values": ["eco", "max"]}},
+                                "payload": "{mode}",
+                                "confirm_if": {"param": "mode", "above": 1},
+                            }
+                        },
+                    }
+                ]
+            },
+            "integer or number",
+        ),
         ({"colour": "red"}, "Extra inputs"),
     ],
 )
