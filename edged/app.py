@@ -21,6 +21,7 @@ from edged.devices.registry import RegistryStore
 from edged.devices.state import DeviceStates
 from edged.diagnostics.diagnosis import Diagnostics
 from edged.diagnostics.telemetry import TelemetryStore
+from edged.engine.types import Engine
 from edged.ops.health import SERVING, Monitor, StatusBoard
 from edged.ops.homeassistant import discovery
 from edged.ops.logs import apply_levels
@@ -29,7 +30,7 @@ from edged.ops.periodic import Periodic
 from edged.ops.sdnotify import Notifier, watchdog_interval
 from edged.ops.stats import Stats, peak_rss_mb, rss_bytes
 from edged.protocol import CONTRACT_VERSION, ErrorCode, Result
-from edged.service.handler import Engine, Job, Service, error_result
+from edged.service.handler import Job, Service, error_result
 from edged.service.intake import Admin, Intake, Reply
 from edged.service.ledger import Ledger, Verdict, ledger_path
 from edged.service.progress import Cancellations, ProgressReporter
@@ -101,6 +102,7 @@ class Daemon:
         self.worker: Worker | None = None
         self.bus: Bus | None = None
         self.metrics: MetricsServer | None = None
+        self.progress: ProgressReporter | None = None
         self._health_ticks = Periodic("edged-health", self._health_interval(), self.monitor.check)
         self._stats_ticks = Periodic("edged-stats", settings.stats.interval_s, self._publish_stats)
 
@@ -143,7 +145,7 @@ class Daemon:
             if s.diagnostics.structured
             else None
         )
-        report = ProgressReporter(self._publish, self.base, s.diagnostics.progress_interval_s)
+        self.progress = ProgressReporter(self._publish, self.base, s.diagnostics.progress_interval_s)
         self.service = Service(
             self.engine,
             sessions,
@@ -151,7 +153,7 @@ class Daemon:
             devices=self.devices,
             diagnostics=diagnostics,
             cancelled=self.cancellations,
-            report=report,
+            report=self.progress,
         )
         if s.model.warm_up:
             self.notifier.status("warming up the prompt cache")
@@ -415,6 +417,8 @@ class Daemon:
     def _deliver(self, job: Job, result: Result) -> None:
         assert self.bus is not None and job.request.id is not None
         rid, busy = job.request.id, result.error is not None and result.error.code == ErrorCode.BUSY
+        if self.progress is not None:
+            self.progress.forget(rid)  # no more progress reports for it
         self.ledger.settle(rid, job.reply_topic, None if busy else result.to_json())  # stored before it goes out
         confirmed = self.bus.publish(
             job.reply_topic,

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from edged.engine.mlx import Generation
+from edged.engine.types import Done, Generation, GenerationRequest
 from edged.protocol import Request
 from edged.service.handler import Job, Service, answer_object
 from edged.service.sessions import SessionStore
@@ -51,12 +51,22 @@ class FakeEngine:
         self.results = list(results)
         self.calls: list[dict[str, Any]] = []
 
-    def generate(self, messages, mode, sampling, *, should_stop, schema=None, **options):
-        self.calls.append({"messages": list(messages), "mode": mode, "sampling": sampling, "should_stop": should_stop})
-        result = self.results.pop(0) if self.results else GEN
-        if isinstance(result, Exception):
-            raise result
-        return result
+    def submit(self, request: GenerationRequest, on_done: Done) -> None:
+        self.calls.append(
+            {
+                "messages": list(request.messages),
+                "mode": request.mode,
+                "sampling": request.sampling,
+                "should_stop": request.should_stop,
+            }
+        )
+        on_done(self.results.pop(0) if self.results else GEN)
+
+    def queued(self) -> int:
+        return 0
+
+    def withdraw(self) -> list[GenerationRequest]:
+        return []
 
     def count_tokens(self, text: str) -> int:
         return len(text.split())
