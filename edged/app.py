@@ -110,9 +110,7 @@ class Daemon:
     def start(self) -> None:
         """Connect (requests wait in the queue), load the model, serve; online and READY=1 once all three hold."""
         s = self.settings
-        self.worker = Worker(
-            None, queue_size=s.requests.queue_size, on_done=self._deliver, slots=s.model.scheduler.max_batch
-        )
+        self.worker = Worker(queue_size=s.requests.queue_size, on_done=self._deliver)
         self._health_ticks.start()  # the watchdog is fed during the model load too
         if s.metrics.prometheus_port is not None:
             self.metrics = MetricsServer(s.metrics.host, s.metrics.prometheus_port, self.stats_document, self._device)
@@ -162,7 +160,7 @@ class Daemon:
             log.info(
                 "warmed_up", seconds=round(time.monotonic() - started, 2), **{f"{k}_s": v for k, v in took.items()}
             )
-        self.worker.start(self.service)
+        self.worker.start(self.service, self.engine)
         self._stats_ticks.start()
         self._go_online()
 
