@@ -98,7 +98,7 @@ SCRIPT = textwrap.dedent(
 
     sys.meta_path.insert(0, NoEngineLibraries())
 
-    import edged.devices.commands, edged.service.intake, edged.service.worker
+    import edged.devices.commands, edged.service.inbox, edged.service.intake, edged.service.worker
     from edged.engine.types import Generation
     from edged.protocol import Request
     from edged.service.handler import Job, Service
