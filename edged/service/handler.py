@@ -98,8 +98,14 @@ class StopCheck:
         self._report(self._job, self.tokens)
         return self.expired()
 
+    def starting(self) -> bool:
+        """The engine takes the request from its queue: report "started" (and beat), then whether it expired."""
+        self._progress()
+        self._report(self._job, 0)
+        return self.expired()
+
     def expired(self) -> bool:
-        """Cancelled, or past the deadline (also asked once before the generation starts)."""
+        """Cancelled, or past the deadline."""
         if self._cancelled(self._job.request.id or ""):
             self.reason = "cancelled"
         elif self._job.deadline is not None and self._clock() >= self._job.deadline:
@@ -198,7 +204,6 @@ class Service:
                 status="timeout",
                 **base,
             )
-        self._report(job, 0)  # "started": before the prompt is built (telemetry summaries take a moment)
         session = self._sessions.get(req.session) if req.session else None
         chosen = route(job.kind, req.text, think=req.think, remembered=session.switch if session else None)
         mode, notes = chosen.mode, []
@@ -215,7 +220,7 @@ class Service:
             priority=job.priority,
             keep=bool(req.session),
             should_stop=stop,
-            expired=stop.expired,
+            expired=stop.starting,  # "started" is reported when the engine takes it from its queue
         )
         return Started(job, request, plan, chosen, stop, timing, tuple(notes))
 
