@@ -237,12 +237,7 @@ class Service:
             message = f"{type(outcome).__name__}: {outcome}"
             return error_result(req.id, ErrorCode.GENERATION_FAILED, message, mode=mode, **base)
         gen = outcome
-        timing.queue = round(timing.queue + gen.queue_ms, 1)  # before the engine, then in its queue
-        timing.prefill, timing.decode, timing.mask = (
-            round(gen.prefill_ms, 1),
-            round(gen.decode_ms, 1),
-            round(gen.mask_ms, 1),
-        )
+        _add_times(timing, gen)
         usage = Usage(
             prompt_tokens=gen.prompt_tokens,
             cached_tokens=gen.cached_tokens,
@@ -250,13 +245,7 @@ class Service:
             reasoning_tokens=gen.reasoning_tokens,
             forced_tokens=gen.forced_tokens,
         )
-        common: dict[str, Any] = {
-            "kind": job.kind,
-            "mode": mode,
-            "model": self._engine.name,
-            "usage": usage,
-            "timing_ms": timing,
-        }
+        common: dict[str, Any] = {**base, "mode": mode, "usage": usage}
         if gen.finish_reason == "stopped":
             return _stopped(req.id, started.stop.reason, begun=gen.completion_tokens > 0, **common)
         answered = started.plan.finish(gen)
@@ -305,6 +294,15 @@ class Service:
     def _remember(self, session: str, chosen: Route, gen: Generation) -> None:
         turn_tokens = self._engine.count_tokens(chosen.text) + gen.completion_tokens - gen.reasoning_tokens
         self._sessions.remember(session, switch=chosen.switch, turn=Turn(chosen.text, gen.answer, turn_tokens))
+
+
+def _add_times(timing: Timing, gen: Generation) -> None:
+    timing.queue = round(timing.queue + gen.queue_ms, 1)  # before the engine, then in its queue
+    timing.prefill, timing.decode, timing.mask = (
+        round(gen.prefill_ms, 1),
+        round(gen.decode_ms, 1),
+        round(gen.mask_ms, 1),
+    )
 
 
 def _stopped(request_id: str, reason: str | None, *, begun: bool, **common: Any) -> Result:
