@@ -171,8 +171,8 @@ def _verbs(lex: Lexicon, registry: Registry, seq: Sequence[str], named: set[int]
         elif not any(v.first < last and first < v.last for v in chosen):
             chosen.append(Verb(tuple(actions), first, last, phrase in lex.weak_verbs, _said(phrase, first, last)))
     strong = [v for v in chosen if not v.weak]
-    last = [v for v in chosen if v.weak and v.last == len(seq)]  # "turn the light on and off": two orders
-    return sorted(strong + last if strong else chosen, key=lambda v: v.first)
+    trailing = [v for v in chosen if v.weak and v.last == len(seq)]  # "turn the light on and off": two orders
+    return sorted(strong + trailing if strong else chosen, key=lambda v: v.first)
 
 
 def _modifier_unlinked(lex: Lexicon, linking: Linking, used: frozenset[int]) -> bool:

@@ -157,7 +157,7 @@ def extract(
         direction=direction if factor is None else None,
         dimension=dimension,
         small="small" in rel,
-        extreme=extreme,  # type: ignore[arg-type]
+        extreme=extreme,
         factor=factor,
         current=_current(lex, seq, numbers, direction is not None or factor is not None),
         used=frozenset(used),
