@@ -183,6 +183,7 @@ class Daemon:
             self._publish_device,
             dispatch_default=s.devices.dispatch,
             claim=self.ledger.claim,
+            commands=s.commands,
         )
 
     def _publish(self, topic: str, payload: bytes) -> None:

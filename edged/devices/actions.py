@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union
 
@@ -28,7 +28,9 @@ class _Closed(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def _param_type(p: Param) -> Any:
+def _param_type(p: Param, heard: Any = None) -> Any:
+    if heard is not None and _fits(p, heard):  # grounded: the value the words carry, and no other
+        return Literal[int(heard) if p.type == "integer" else heard]
     if p.type == "integer":
         return Annotated[int, Field(ge=int(p.min), le=int(p.max))]  # type: ignore[arg-type]
     if p.type == "number":  # bounded precision: unbounded decimals let sampling run on digits forever
@@ -50,8 +52,18 @@ def _check_step(value: float, step: float) -> float:
     return round(value, 6)
 
 
-def _params_model(name: str, action: Action) -> type[BaseModel]:
-    fields = {p: (_param_type(spec), ...) for p, spec in action.params.items()}
+def _fits(p: Param, value: Any) -> bool:
+    if p.type in ("integer", "number") and isinstance(value, (int, float)) and not isinstance(value, bool):
+        whole = p.type == "number" or float(value).is_integer()
+        return whole and p.min <= value <= p.max and (p.type == "integer" or on_step(value, p.step))  # type: ignore[operator]
+    if p.type == "enum":
+        return value in (p.values or ())
+    return p.type == "boolean" and isinstance(value, bool)
+
+
+def _params_model(name: str, action: Action, values: Mapping[str, Any] | None = None) -> type[BaseModel]:
+    heard = values or {}
+    fields = {p: (_param_type(spec, heard.get(p)), ...) for p, spec in action.params.items()}
     return create_model(name, __base__=_Closed, **fields)  # type: ignore[call-overload]
 
 
@@ -70,7 +82,7 @@ def _groups(registry: Registry) -> dict[tuple[str, str, str], Action]:
     return {key: acts[0] for key, acts in sorted(groups.items()) if all(a.params == acts[0].params for a in acts)}
 
 
-def device_action_models(devices: Iterable[Device]) -> list[type[BaseModel]]:
+def device_action_models(devices: Iterable[Device], values: Mapping[str, Any] | None = None) -> list[type[BaseModel]]:
     """One model per (device, action): ``{"device": id, "action": name, "params": {...}}``."""
     items: list[type[BaseModel]] = []
     for d in devices:
@@ -82,16 +94,28 @@ def device_action_models(devices: Iterable[Device]) -> list[type[BaseModel]]:
                     __base__=_Closed,
                     device=(Literal[d.id], ...),
                     action=(Literal[name], ...),
-                    params=(_params_model(f"{tag}Params", action), ...),
+                    params=(_params_model(f"{tag}Params", action, values), ...),
                 )
             )
     return items
 
 
-def output_model(registry: Registry) -> type[BaseModel]:
-    """The model of a command answer for this registry: ``{"actions": [...], "say": "..."}``."""
-    items = device_action_models(registry.devices)
+def output_model(
+    registry: Registry,
+    *,
+    devices: Collection[str] | None = None,
+    areas: Collection[str] | None = None,
+    values: Mapping[str, Any] | None = None,
+) -> type[BaseModel]:
+    """The model of a command answer for this registry: ``{"actions": [...], "say": "..."}``.
+
+    Grounded: only ``devices`` by id, only area targets in ``areas``, parameters fixed to ``values``
+    where the words carried one that fits (the answer is then a subset of the full model's)."""
+    chosen = [d for d in registry.devices if devices is None or d.id in devices]
+    items = device_action_models(chosen, values)
     for (area, dtype, name), action in _groups(registry).items():
+        if areas is not None and area not in areas:
+            continue
         tag = _camel(area, dtype, name)
         items.append(
             create_model(
@@ -100,9 +124,11 @@ def output_model(registry: Registry) -> type[BaseModel]:
                 area=(Literal[area], ...),
                 type=(Literal[dtype], ...),
                 action=(Literal[name], ...),
-                params=(_params_model(f"All{tag}Params", action), ...),
+                params=(_params_model(f"All{tag}Params", action, values), ...),
             )
         )
+    if not items:
+        raise ValueError("a grounded answer model needs at least one device or area")
     item = Union[tuple(items)]  # type: ignore[valid-type]  # noqa: UP007 (a union built at run time)
     return create_model(
         "CommandAnswer",

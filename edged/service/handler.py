@@ -94,6 +94,7 @@ class Plan:
     messages: list[dict[str, str]]
     schema: dict[str, Any] | None
     finish: Callable[[Any], Outcome]
+    sampling: Callable[[SamplingSettings], SamplingSettings] = lambda s: s  # e.g. greedy for commands
 
 
 class StopCheck:
@@ -152,6 +153,8 @@ class Service:
         """Prefill each kind's static prompt (system text, registry) into the prefix cache and build the
         answer grammar, so the first request after start-up does not pay for them. Seconds per kind."""
         took = {}
+        if self._devices is not None:  # templates and matchers: the first command must not pay for loading them
+            took["resolvers"] = self._devices.warm_up()
         for kind in ("command", "query"):
             request = Request(id=f"warm-up-{kind}", text="status", dispatch=False)
             job = Job(
@@ -192,6 +195,9 @@ class Service:
                 **base,
             )
         self._report(job, 0)  # "started": before the prompt is built (telemetry summaries take a moment)
+        resolved = self._without_model(job, timing)
+        if resolved is not None:
+            return resolved
         session = self._sessions.get(req.session) if req.session else None
         chosen = route(job.kind, req.text, think=req.think, remembered=session.switch if session else None)
         mode, notes = chosen.mode, []
@@ -204,7 +210,7 @@ class Service:
             gen = self._engine.generate(
                 plan.messages,
                 mode,
-                self._sampling[mode],
+                plan.sampling(self._sampling[mode]),
                 should_stop=stop,
                 schema=plan.schema,
                 priority=job.priority,
@@ -251,11 +257,28 @@ class Service:
             id=req.id, status=outcome.status, result=result, error=outcome.error, reasoning=reasoning, **common
         )
 
+    def _without_model(self, job: Job, timing: Timing) -> Result | None:
+        """A command that needs no generation (resolved by templates or rules, or refused): its result."""
+        req = job.request
+        if job.kind != "command" or self._devices is None or req.id is None:
+            return None
+        o = self._devices.try_resolve(
+            req.id, req.text, language=req.language, area=req.area, dispatch=req.dispatch, reply_topic=job.reply_topic
+        )
+        if o is None:
+            return None
+        timing.total = _ms(self._clock() - job.received_at)
+        return Result(
+            id=req.id, kind="command", status=o.status, result=o.result, error=o.error_info(), timing_ms=timing
+        )
+
     def _plan(self, job: Job, text: str, history: Any) -> Plan:
         req = job.request
         if job.kind == "command" and self._devices is not None:
             devices = self._devices
-            registry, messages, schema = devices.prepare(text, context=req.context, history=history)
+            registry, messages, schema = devices.prepare(
+                text, context=req.context, history=history, language=req.language, area=req.area
+            )
 
             def finish_command(gen: Any) -> Outcome:
                 o = devices.outcome(
@@ -263,7 +286,7 @@ class Service:
                 )
                 return Outcome(o.status, o.result, o.error_info(), remember=o.status != "rejected")
 
-            return Plan(messages, schema, finish_command)
+            return Plan(messages, schema, finish_command, devices.sampling)
         if job.kind == "query" and self._diagnostics is not None:
             query = self._diagnostics.prepare(text, context=req.context, history=history)
 

@@ -1,0 +1,164 @@
+"""The command pipeline: split, resolve without the model, validate, confirm and dispatch like a model answer."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edged.devices.commands import DeviceControl, area_id
+from edged.devices.confirmations import Confirmations
+from edged.devices.pipeline import CommandPipeline
+from edged.devices.proposal import Call, CommandContext, Proposal
+from edged.devices.registry import Registry, RegistryStore, load_registry
+from edged.devices.split import candidate_splits, clean
+from edged.devices.state import DeviceStates
+from edged.protocol import Request
+from edged.service.handler import Job, Service
+from edged.service.sessions import SessionStore
+from edged.settings import CommandSettings, ModelSettings
+
+HOME = Path(__file__).resolve().parent.parent / "config" / "registry-home.toml"
+
+
+class Phrasebook:
+    """A resolver that knows a few exact sentences: enough to drive the pipeline without the real layers."""
+
+    def __init__(self, phrases: dict[str, tuple[Call, ...]], resolved_by: Any = "local"):
+        self.phrases, self.resolved_by, self.seen = phrases, resolved_by, []
+
+    def resolve(self, registry: Registry, command: CommandContext) -> Proposal | None:
+        self.seen.append(command.text)
+        calls = self.phrases.get(command.text.lower())
+        return Proposal(calls, self.resolved_by, intent=calls[0].action) if calls else None
+
+
+OFF_KITCHEN = (Call("turn_off", device="kitchen_ceiling"),)
+OPEN_BLINDS = (Call("open", device="living_room_blinds"),)
+UNLOCK = (Call("unlock", device="front_door"),)
+NOWHERE = (Call("turn_on", device="sauna_heater"),)
+
+
+class NoEngine:
+    """Fails the test if the model is asked: locally resolved commands never reach it."""
+
+    name = "no-engine"
+    supports_thinking = False
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the model was asked for a command the pipeline resolved")
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+
+def _control(tmp_path: Path, resolvers: list[Any], sent: list[tuple[str, bytes]] | None = None) -> DeviceControl:
+    registry = tmp_path / "registry.toml"
+    registry.write_bytes(HOME.read_bytes())
+    publish = (lambda t, p: sent.append((t, p))) if sent is not None else (lambda _t, _p: None)
+    return DeviceControl(RegistryStore(registry), DeviceStates(), Confirmations(60), publish, resolvers=resolvers)
+
+
+def _handle(control: DeviceControl, text: str, **fields: Any) -> Any:
+    service = Service(NoEngine(), SessionStore(max_turns=0, max_tokens=0, idle_s=1, max_sessions=1), ModelSettings(),
+                      devices=control)  # fmt: skip
+    job = Job("command", Request(id="r1", text=text, **fields), time.monotonic(), None, "edged/t/result/r1", False)
+    return service.handle(job)
+
+
+def test_clean_strips_wake_word_fillers_and_politeness():
+    """Wake word, fillers, 'could you please' and 'thanks' are not part of the command."""
+    assert clean("Hey edged, um, could you please turn off the kitchen light, thanks!") == "turn off the kitchen light"
+    assert clean("edged: open the blinds please.") == "open the blinds"
+
+
+def test_splits_are_offered_per_language():
+    """'and', 'then', commas; 'und'/'dann'; 然后/和 — each split has at least two non-empty parts."""
+    assert ["turn off the kitchen light", "open the blinds"] in candidate_splits(
+        "turn off the kitchen light and then open the blinds"
+    )
+    assert ["Licht aus", "Rollo hoch"] in candidate_splits("Licht aus und dann Rollo hoch", "de")
+    assert ["关灯", "打开窗帘"] in candidate_splits("关灯然后打开窗帘", "zh")
+    assert candidate_splits("turn off the kitchen light") == []
+
+
+def test_a_split_stands_only_when_every_part_resolves(tmp_path):
+    """'rock and roll' is no split: a part that resolves to nothing sends the whole text on as one command."""
+    registry = load_registry(HOME)
+    book = Phrasebook({"play rock and roll": (Call("play", device="living_room_tv"),), "play rock": OFF_KITCHEN})
+    found = CommandPipeline([book]).resolve(registry, CommandContext("play rock and roll"))
+    assert found is not None and found.proposal().calls == (Call("play", device="living_room_tv"),)
+
+
+def test_multi_command_resolves_part_by_part_and_borrows_the_verb():
+    """'turn off the kitchen light and the counter lights': the second part borrows 'turn off'."""
+    registry = load_registry(HOME)
+    counter = (Call("turn_off", device="kitchen_counter"),)
+    book = Phrasebook({"turn off the kitchen light": OFF_KITCHEN, "turn off the counter lights": counter})
+    found = CommandPipeline([book]).resolve(
+        registry, CommandContext("turn off the kitchen light and the counter lights")
+    )
+    assert found is not None and found.proposal().calls == OFF_KITCHEN + counter
+    assert found.intent == ["turn_off", "turn_off"]
+
+
+def test_rules_after_local_and_resolved_by_says_which(tmp_path):
+    """One part by templates, one by rules: the request counts as resolved by rules."""
+    local = Phrasebook({"turn off the kitchen light": OFF_KITCHEN})
+    rules = Phrasebook({"open the blinds": OPEN_BLINDS}, resolved_by="rules")
+    result = _handle(
+        _control(tmp_path, [local, rules]), "turn off the kitchen light, then open the blinds", dispatch=False
+    )
+    assert result.status == "ok"
+    assert result.result["resolved_by"] == "rules" and result.result["intent"] == ["turn_off", "open"]
+    assert [a["device"] for a in result.result["actions"]] == ["kitchen_ceiling", "living_room_blinds"]
+    assert "usage" not in json.loads(result.to_json()) or result.usage.prompt_tokens == 0
+
+
+def test_locally_resolved_command_is_dispatched_without_the_model(tmp_path):
+    """The engine is never called; the device topic gets the registry's payload."""
+    sent: list[tuple[str, bytes]] = []
+    result = _handle(_control(tmp_path, [Phrasebook({"turn off the kitchen light": OFF_KITCHEN})], sent),
+                     "hey edged turn off the kitchen light please")  # fmt: skip
+    assert result.status == "ok" and result.result["resolved_by"] == "local"
+    assert sent == [("zigbee2mqtt/kitchen_ceiling/set", b'{"state":"OFF"}')]
+
+
+def test_unlock_through_the_local_path_still_needs_confirmation(tmp_path):
+    """Templates do not bypass the policy: unlock is held under a token, nothing is sent."""
+    sent: list[tuple[str, bytes]] = []
+    result = _handle(_control(tmp_path, [Phrasebook({"unlock the front door": UNLOCK})], sent), "unlock the front door")
+    assert result.status == "needs_confirmation" and result.result["confirmation"]["token"]
+    assert sent == []
+
+
+def test_a_resolver_naming_an_unknown_device_is_overruled(tmp_path):
+    """A proposal outside the registry fails the shared validation: the request goes to the model path."""
+    control = _control(tmp_path, [Phrasebook({"turn on the sauna": NOWHERE})])
+    assert control.try_resolve("r1", "turn on the sauna", dispatch=False) is None
+
+
+def test_request_area_names_a_registry_area():
+    """The request's area may be the id, the name or an alias, in any case; anything else is no area."""
+    registry = load_registry(HOME)
+    assert area_id(registry, "Living room") == "living_room"
+    assert area_id(registry, "lounge") == "living_room"
+    assert area_id(registry, "kids_room") == "kids_room"
+    assert area_id(registry, "sauna") is None
+
+
+def test_commands_decode_greedily_by_default(tmp_path):
+    """commands.temperature (0) replaces no_think's 0.7 for commands only."""
+    control = _control(tmp_path, [])
+    assert control.sampling(ModelSettings().no_think).temperature == 0.0
+    assert ModelSettings().no_think.temperature == 0.7
+    assert CommandSettings(temperature=0.3).temperature == 0.3
+
+
+@pytest.mark.parametrize("text", ["", "   "])
+def test_blank_parts_never_reach_resolvers(text):
+    """Splitting 'and and' leaves no empty commands."""
+    assert all(p for parts in candidate_splits(f"turn off the light and {text} and open the blinds") for p in parts)
