@@ -162,3 +162,21 @@ def test_commands_decode_greedily_by_default(tmp_path):
 def test_blank_parts_never_reach_resolvers(text):
     """Splitting 'and and' leaves no empty commands."""
     assert all(p for parts in candidate_splits(f"turn off the light and {text} and open the blinds") for p in parts)
+
+
+def test_stats_and_metrics_count_commands_by_resolving_layer():
+    """{base}/stats and Prometheus count each path; every layer is listed, zero or not."""
+    from edged.ops.metrics import families
+    from edged.ops.stats import Stats
+    from edged.protocol import Result
+
+    stats = Stats(window_s=60)
+    for layer in ("local", "local", "rules", "model"):
+        stats.record(Result(id="r", kind="command", status="ok", result={"resolved_by": layer}))
+    stats.record(Result(id="q", kind="query", status="ok", result={"resolved_by": "local"}))  # not a command
+    doc = stats.snapshot(state="online", queue_depth=0, cache_bytes=0, rss_bytes=1, reconnects=0)
+    assert doc["commands_resolved_by"] == {"local": 2, "rules": 1, "model": 1}
+    family = next(f for f in families(doc, {}) if f.name == "edged_commands_resolved")
+    assert {s.labels["resolved_by"]: s.value for s in family.samples if s.name.endswith("_total")} == {
+        "local": 2, "rules": 1, "model": 1
+    }  # fmt: skip

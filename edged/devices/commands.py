@@ -80,7 +80,7 @@ class DeviceControl:
         """Build the resolvers' matchers and the answer model before the first request; seconds taken."""
         registry = self.store.get()
         self.schema_for(registry)
-        return self.pipeline.warm_up(registry) if self.commands.local else 0.0
+        return self.pipeline.warm_up(registry, [self.commands.language]) if self.commands.local else 0.0
 
     def sampling(self, base: SamplingSettings) -> SamplingSettings:
         """Command decoding: greedy by default (``commands.temperature``)."""
@@ -270,9 +270,9 @@ def default_resolvers() -> list[Resolver]:
     """Sentence templates, then rules over the registry: the layers installed in this build."""
     found: list[Resolver] = []
     try:
-        from edged.devices.intents import LocalResolver  # type: ignore[import-not-found, unused-ignore]
+        from edged.devices.intents import IntentResolver
 
-        found.append(LocalResolver())
+        found.append(IntentResolver())
     except ImportError:
         log.info("resolver_missing", layer="local")
     try:

@@ -7,6 +7,7 @@ parts resolve, otherwise the whole text is tried as one command. What is left go
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -47,12 +48,16 @@ class CommandPipeline:
     def __init__(self, resolvers: Sequence[Resolver]):
         self.resolvers = list(resolvers)
 
-    def warm_up(self, registry: Registry) -> float:
+    def warm_up(self, registry: Registry, languages: Sequence[str] = ("en",)) -> float:
         """Load templates and build matchers before the first request; seconds taken."""
         started = time.perf_counter()
         for resolver in self.resolvers:
             warm = getattr(resolver, "warm_up", None)
-            if warm is not None:
+            if warm is None:
+                continue
+            if "languages" in inspect.signature(warm).parameters:
+                warm(registry, languages=languages)
+            else:
                 warm(registry)
         return round(time.perf_counter() - started, 3)
 
