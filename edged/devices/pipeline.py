@@ -76,10 +76,10 @@ class CommandPipeline:
     def _all(self, registry: Registry, command: CommandContext, parts: list[str]) -> Resolution | None:
         found: list[Proposal] = []
         for i, part in enumerate(parts):
-            one = self.resolve_one(registry, replace(command, text=part))
-            borrowed = carry_verb(parts[i - 1], part) if one is None and i else None
-            if one is None and borrowed:
-                one = self.resolve_one(registry, replace(command, text=borrowed))
+            borrowed = carry_verb(parts[i - 1], part) if i else None  # "... and the fan": the verb before it
+            one = self.resolve_one(registry, replace(command, text=borrowed)) if borrowed else None
+            if one is None:
+                one = self.resolve_one(registry, replace(command, text=part))
             if one is None:
                 return None
             found.append(one)
