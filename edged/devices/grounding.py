@@ -9,6 +9,7 @@ that names nothing in the registry is refused without the model.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -46,13 +47,43 @@ def ground(registry: Registry, command: CommandContext) -> Grounding | None:
     try:
         from edged.devices.linking import link  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
-        return None
+        return word_overlap(registry, command.text)
     try:
         linking = link(registry, command)
     except Exception:
         log.exception("linking_failed", text=command.text)
         return None
     return from_linking(linking)
+
+
+_WORD = re.compile(r"[^\W_]+", re.UNICODE)
+_TYPE_WORDS = {
+    "light": ("light", "lights", "lamp", "lamps"),
+    "dimmer": ("light", "lights", "lamp", "lamps"),
+    "cover": ("blind", "blinds", "shade", "shades", "shutter", "shutters"),
+    "fan": ("fan", "fans"),
+    "climate": ("thermostat", "heating", "heater", "temperature"),
+    "media_player": ("speaker", "music", "volume"),
+}
+
+
+def _words(text: str) -> set[str]:
+    return {w.lower() for w in _WORD.findall(text) if len(w) > 2 or not w.isascii()}
+
+
+def word_overlap(registry: Registry, text: str) -> Grounding:
+    """A plain stand-in linker: devices and areas whose names share whole words with the text."""
+    said = _words(text)
+    devices = []
+    for d in registry.devices:
+        names = [d.name, *d.aliases, d.id.replace("_", " ")]
+        score = max(len(_words(n) & said) / max(1, len(_words(n))) for n in names)
+        typed = bool(said & set(_TYPE_WORDS.get(d.type, ())))
+        if score > 0 or typed:
+            devices.append((d.id, round(max(score, 0.3 if typed else 0.0), 2)))
+    areas = [(a.id, 1.0) for a in registry.areas if any(_words(n) <= said for n in [a.name, *a.aliases] if _words(n))]
+    devices.sort(key=lambda x: -x[1])
+    return Grounding(tuple(devices[:MAX_CANDIDATES]), tuple(areas), confident=False)
 
 
 def from_linking(linking: object) -> Grounding:
