@@ -136,7 +136,7 @@ class DeviceControl:
         if not self.commands.grounded:
             return None
         grounding = ground(registry, command)
-        if grounding is None or not grounding.empty:
+        if grounding is None or not grounding.names_nothing_here:
             return None
         say = "That is not something the devices here can do."
         return Outcome("rejected", {"actions": [], "say": say, "resolved_by": "rules"}, "not_understood", say)
