@@ -1,4 +1,5 @@
-"""Command line: ``edged run``, ``edged config check``, ``edged model build-test``, ``edged service install``, ``edged demo``, ``edged bench``, ``edged bench-diagnostics``."""
+"""Command line: ``edged run``, ``edged config check``, ``edged model build-test``, ``edged service install``,
+``edged demo``, ``edged bench``, ``edged bench-diagnostics``."""
 
 from __future__ import annotations
 

@@ -13,8 +13,8 @@ DEVICE_SYSTEM = (
     "You are edged, the controller of the devices listed below. Turn the user's request into actions "
     "for these devices only. Answer with one JSON object: "
     '{"actions": [{"device": "<device id>", "action": "<action>", "params": {...}}], "say": "<short sentence>"}. '
-    'For every device of a type in an area, use {"area": "<area id or all>", "type": "<type>", '
-    '"action": ..., "params": {...}}. '
+    "For every device of a type in an area, use "
+    '{"area": "<area id or all>", "type": "<type>", "action": ..., "params": {...}}. '
     "Numbers stay within the ranges shown. If the request is not about these devices, or is unclear, "
     "answer with no actions and say why in one sentence."
 )
@@ -83,10 +83,8 @@ def device_messages(
     states: Mapping[str, str],
     context: Mapping[str, Any] | None = None,
     history: Iterable[Turn] = (),
-    lead: str = "",
 ) -> list[dict[str, str]]:
-    """A device command: registry first (static), then history, then ``lead`` (the linker's candidates,
-    see :mod:`edged.devices.grounding`), current states and the request."""
+    """A device command: registry first (static), then history, then current states and the request."""
     system = f"{DEVICE_SYSTEM}\n\n{device_catalogue(registry)}\n\n{device_examples(registry)}"
     messages = [{"role": "system", "content": system}]
     for turn in history:
@@ -94,6 +92,5 @@ def device_messages(
     known = {d.id for d in registry.devices}
     current = "; ".join(f"{k}: {v}" for k, v in sorted(states.items()) if k in known)
     content = user_content(text, context)
-    head = "\n".join(x for x in (lead, f"Current states: {current}" if current else "") if x)
-    messages.append({"role": "user", "content": f"{head}\n\n{content}" if head else content})
+    messages.append({"role": "user", "content": f"Current states: {current}\n\n{content}" if current else content})
     return messages

@@ -53,8 +53,8 @@ RULES: Mapping[str, tuple[IntentRule, ...]] = {
     "HassMediaPrevious": (IntentRule(("previous",)),),
     "HassVacuumStart": (IntentRule(("start",)),),
     "HassVacuumReturnToBase": (IntentRule(("return_to_base",)),),
-    "EdgedStart": (IntentRule(("start",)),),
-    "EdgedStop": (IntentRule(("stop",)),),
+    "EdgedStart": (IntentRule(("start", "open")),),  # "start the irrigation" opens a valve
+    "EdgedStop": (IntentRule(("stop", "close")),),
     "EdgedOpen": (IntentRule(("open",)),),
     "EdgedClose": (IntentRule(("close",)),),
     "EdgedSetSpeed": (IntentRule(("set_speed",), "speed"),),
@@ -62,8 +62,14 @@ RULES: Mapping[str, tuple[IntentRule, ...]] = {
 }
 
 
+ACTION_INTENT = "EdgedAction"  # a user template naming the registry action itself: slots {action: ..., value: ...}
+
+
 def rule_for(intent: str, slots: Mapping[str, object]) -> IntentRule | None:
     """The rule for an intent, picking among value rules by the slot the sentence filled; None: not a command."""
+    if intent == ACTION_INTENT:
+        action = slots.get("action")
+        return IntentRule((action,), "value" if "value" in slots else None) if isinstance(action, str) else None
     for rule in RULES.get(intent, ()):
         if rule.slot is None or rule.slot in slots:
             return rule

@@ -14,18 +14,19 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import structlog
-from hassil import Intents, RecognizeResult, SlotList, recognize_ranked
+from hassil import Intents, SlotList, recognize_ranked
 
 from edged.devices.actions import ALL_AREAS
-from edged.devices.intents.mapping import action_for, params_for, rule_for
+from edged.devices.intents.mapping import IntentRule, action_for, params_for, rule_for
 from edged.devices.intents.slots import slot_lists, speaker_context
 from edged.devices.intents.targets import Target, find_target
-from edged.devices.intents.templates import DEFAULT_SENTENCES_DIR, load_intents
+from edged.devices.intents.templates import DEFAULT_SENTENCES_DIR, load_intents, prepare_numbers
 from edged.devices.proposal import Call, CommandContext, Proposal
 from edged.devices.registry import Device, Registry
 
 log = structlog.get_logger("edged.intents")
 _WARM_UP_TEXT = "turn on the light"
+MAX_TEXT = 300  # characters: a longer text is no single spoken command, and matching cost grows with length
 
 
 class IntentResolver:
@@ -39,7 +40,7 @@ class IntentResolver:
 
     def resolve(self, registry: Registry, command: CommandContext) -> Proposal | None:
         intents = self.intents(command.language)
-        if intents is None or not command.text.strip():
+        if intents is None or not command.text.strip() or len(command.text.strip()) > MAX_TEXT:
             return None
         results = recognize_ranked(
             command.text,
@@ -54,9 +55,11 @@ class IntentResolver:
             rule = rule_for(result.intent.name, slots)
             if rule is None:  # a question or an intent edged does not act on: never look for a lesser reading
                 return None
-            target = find_target(registry, result.intent.name, slots, rule)
+            device_class = result.entities.get("device_class")
+            class_word = device_class.text if device_class else ""
+            target = find_target(registry, result.intent.name, slots, rule, class_word)
             if target is not None:
-                return self._propose(registry, result, target, slots.get(rule.slot) if rule.slot else None)
+                return _propose(registry, result.intent.name, rule, target, slots.get(rule.slot) if rule.slot else None)
         return None
 
     def intents(self, language: str) -> Intents | None:
@@ -78,6 +81,9 @@ class IntentResolver:
         timings: dict[str, float] = {}
         for language in languages:
             start = time.perf_counter()
+            intents = self.intents(language)
+            if intents is not None:
+                prepare_numbers(intents)
             self.resolve(registry, CommandContext(text=_WARM_UP_TEXT, language=language))
             timings[language] = round((time.perf_counter() - start) * 1000, 1)
         log.info("intents_warm", ms=timings)
@@ -91,20 +97,20 @@ class IntentResolver:
         self._lists = (registry, lists)
         return lists
 
-    def _propose(self, registry: Registry, result: RecognizeResult, target: Target, value: object) -> Proposal | None:
-        rule = rule_for(result.intent.name, {k: e.value for k, e in result.entities.items()})
-        assert rule is not None
-        calls: list[Call] = []
-        for device in target.devices:
-            action = action_for(rule, device)
-            params = params_for(device.all_actions()[action], value) if action else None
-            if action is None or params is None:
-                log.info("intents_value_rejected", intent=result.intent.name, device=device.id, value=str(value))
-                return None
-            calls.append(Call(action=action, params=params, device=device.id))
-        grouped = group_calls(registry, calls, target.scope)
-        log.info("intents_matched", intent=result.intent.name, calls=len(grouped), text=result.original_text)
-        return Proposal(calls=tuple(grouped), resolved_by="local", intent=result.intent.name)
+
+def _propose(registry: Registry, intent: str, rule: IntentRule, target: Target, value: object) -> Proposal | None:
+    """One call per target device (folded into area calls where exact); None when a value does not fit."""
+    calls: list[Call] = []
+    for device in target.devices:
+        action = action_for(rule, device)
+        params = params_for(device.all_actions()[action], value) if action else None
+        if action is None or params is None:
+            log.info("intents_value_rejected", intent=intent, device=device.id, value=str(value))
+            return None
+        calls.append(Call(action=action, params=params, device=device.id))
+    grouped = group_calls(registry, calls, target.scope)
+    log.info("intents_matched", intent=intent, calls=len(grouped), devices=len(calls))
+    return Proposal(calls=tuple(grouped), resolved_by="local", intent=intent)
 
 
 def group_calls(registry: Registry, calls: list[Call], scope: str | None) -> list[Call]:

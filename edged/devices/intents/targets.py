@@ -7,6 +7,7 @@ command on to the next resolver.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -39,8 +40,14 @@ class Target:
     scope: str | None = None
 
 
-def find_target(registry: Registry, intent: str, slots: Mapping[str, object], rule: IntentRule) -> Target | None:
-    """The devices a sentence's slots point at that can do what the rule asks; None when there are none."""
+def find_target(
+    registry: Registry, intent: str, slots: Mapping[str, object], rule: IntentRule, class_word: str = ""
+) -> Target | None:
+    """The devices a sentence's slots point at that can do what the rule asks; None when there are none.
+
+    ``class_word`` is what the speaker called a cover ("blinds", "garage door"): only covers whose
+    name or an alias contains it are meant.
+    """
     name = slots.get("name")
     area = slots.get("area")
     if isinstance(name, str):
@@ -57,7 +64,10 @@ def find_target(registry: Registry, intent: str, slots: Mapping[str, object], ru
     devices = tuple(
         d
         for d in sorted(registry.devices, key=lambda d: d.id)
-        if _is_kind(d, wanted) and scope in (ANYWHERE, ALL_AREAS, d.area) and action_for(rule, d) is not None
+        if _is_kind(d, wanted)
+        and scope in (ANYWHERE, ALL_AREAS, d.area)
+        and action_for(rule, d) is not None
+        and (not class_word or _called(d, class_word))
     )
     if not devices:
         return None
@@ -78,3 +88,17 @@ def _kind(intent: str, slots: Mapping[str, object]) -> tuple[str, str] | None:
 def _is_kind(device: Device, wanted: tuple[str, str]) -> bool:
     key, value = wanted
     return device.type == value if key == "type" else ha_domain(device.type) == value
+
+
+def _fold(text: str) -> str:
+    """Case and accents folded ("Rollläden" and "Rollladen" compare equal)."""
+    decomposed = unicodedata.normalize("NFKD", text.strip().casefold())
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
+def _called(device: Device, word: str) -> bool:
+    """True when the device's name or an alias contains the word (or, for longer words, its stem)."""
+    folded = _fold(word)
+    forms = {folded} | ({folded[:-1], folded[:-2]} if len(folded) > 3 else set())
+    names = [_fold(n) for n in (device.name, *device.aliases)]
+    return any(form and form in name for form in forms for name in names)

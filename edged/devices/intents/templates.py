@@ -11,7 +11,7 @@ from typing import Any
 
 import structlog
 import yaml
-from hassil import Intents, merge_dict
+from hassil import Intents, RangeSlotList, SlotList, merge_dict
 from home_assistant_intents import get_intents, get_languages
 
 log = structlog.get_logger("edged.intents")
@@ -53,3 +53,29 @@ def load_intents(language: str, sentences_dir: Path | None) -> Intents | None:
         merge_dict(data, extra)
     log.info("intents_loaded", language=language, intents_language=hass_language, user_files=[str(f) for f in files])
     return Intents.from_dict(data)
+
+
+def prepare_numbers(intents: Intents) -> int:
+    """Build the number-word tables of every range list now (hassil builds each on first use, up to ~100 ms).
+
+    Uses hassil's module-level cache; with a hassil that lays it out differently this does nothing
+    and the tables are built on first use as before. Returns how many tables were built.
+    """
+    try:
+        from hassil import string_matcher
+        from hassil.string_matcher import _build_range_trie  # private: hassil offers no public warm-up
+
+        cache = string_matcher._RANGE_TRIE_CACHE
+    except (ImportError, AttributeError):
+        return 0
+    lists: list[SlotList] = [*intents.slot_lists.values()]
+    lists += [sl for intent in intents.intents.values() for data in intent.data for sl in data.slot_lists.values()]
+    built = 0
+    for rl in lists:
+        if isinstance(rl, RangeSlotList) and rl.words:
+            language = rl.words_language or intents.language
+            key = (rl.start, rl.stop, rl.step, rl.fraction_type)
+            if key not in cache[language]:
+                cache[language][key] = _build_range_trie(language, rl)
+                built += 1
+    return built
