@@ -24,6 +24,7 @@ from edged.devices.registry import Registry
 MentionKind = Literal["device", "area", "type", "here", "everywhere"]
 FUZZY_MIN = 88.0  # rapidfuzz ratio (0-100) a fuzzy match needs
 FUZZY_MIN_CHARS = 5  # shorter names match exactly only
+HEAD_SCORE = 80.0  # a word of one device's name that no other name, area or kind uses ("the horn")
 _RANK = {"device": 0, "area": 1, "type": 2, "here": 3, "everywhere": 3}
 _AFTER = ("in", "on", "at", "into")  # "in the sauna": the next word names a place
 
@@ -95,11 +96,29 @@ def _candidates(registry: Registry, lex: Lexicon, seq: Sequence[str], area: str 
     for kind, ref, names in named:
         for name in names:
             found += [(kind, ref, f, la, s) for f, la, s in _matches(seq, phrase_words(name, lex.language), fuzzy=True)]  # type: ignore[misc]
+    for ref, word in _head_words(registry, lex):
+        found += [("device", ref, f, la, HEAD_SCORE) for f, la in find_phrase(seq, (word,))]
     for k in lex.kinds.values():
         found += [("type", k.name, f, la, s) for p in k.words for f, la, s in _matches(seq, p, fuzzy=False)]
     found += [("here", area or "", f, la, s) for p in lex.here for f, la, s in _matches(seq, p, fuzzy=False)]
     found += [("everywhere", "all", f, la, s) for p in lex.everywhere for f, la, s in _matches(seq, p, fuzzy=False)]
     return [Mention(kind, ref, 0, 0, score, first, last) for kind, ref, first, last, score in found]
+
+
+def _head_words(registry: Registry, lex: Lexicon) -> list[tuple[str, str]]:
+    """(device id, word): words of a device's names that name nothing else and are not common words."""
+    lang = lex.language
+    taken = {w for a in registry.areas for n in (a.name, *a.aliases) for w in phrase_words(n, lang)}
+    taken |= {w for k in lex.kinds.values() for p in k.words for w in p} | lex.fillers | lex.unknown_nouns
+    owners: dict[str, set[str]] = {}
+    for d in registry.devices:
+        for w in {w for n in (d.name, *d.aliases) for w in phrase_words(n, lang)}:
+            owners.setdefault(w, set()).add(d.id)
+    return [
+        (next(iter(ids)), w)
+        for w, ids in sorted(owners.items())
+        if len(ids) == 1 and w not in taken and w.isalpha() and len(w) >= 4
+    ]
 
 
 def _choose(mentions: list[Mention]) -> list[Mention]:
