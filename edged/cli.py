@@ -55,7 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--grounding", action="store_true", help="on the cases left to the model: grounded vs plain, side by side"
     )
-    ev.add_argument("--misses", action="store_true", help="print the cases the pipeline got wrong")
+    ev.add_argument("--misses", action="store_true", help="print the cases each run got wrong")
+    ev.add_argument("--runs", help="comma-separated runs: pipeline, unconstrained, model only, model grounded")
     ev.add_argument("--limit", type=int, help="only the first N cases")
     ev.add_argument("--json", type=Path, help="also write the numbers here")
     ev.add_argument("--config", type=Path)

@@ -280,17 +280,22 @@ def cli_eval(args: Any, settings: Any) -> int:
                              dispatch_default=False, constrain=constrain, commands=commands)  # fmt: skip
 
     modes = ["pipeline", "model only"] if args.compare else ["pipeline"]
+    if args.runs:
+        modes = [m.strip() for m in args.runs.split(",") if m.strip()]
     outcomes: dict[str, list[Outcome]] = {}
     rows = evaluate(engine, model, control, cases, modes=modes, outcomes=outcomes)
     print(f"{engine.name} on {args.registry.name}, {args.cases.name}: {len(cases)} cases, greedy")
     print_table(rows)
-    grounding = grounding_comparison(engine, model, control, outcomes["pipeline"]) if args.grounding else {}
+    grounding = {}
+    if args.grounding and "pipeline" in outcomes:
+        grounding = grounding_comparison(engine, model, control, outcomes["pipeline"])
     if grounding:
         print(f"\nmodel path only ({grounding['grounded']['cases']} cases the templates and rules left)")
         print_table(grounding)
     if args.misses:
-        for miss in rows["pipeline"]["misses"]:
-            print(json.dumps(miss, ensure_ascii=False))
+        for mode, row in rows.items():
+            for miss in row["misses"]:
+                print(json.dumps({"run": mode, **miss}, ensure_ascii=False))
     if args.json:
         doc = {"model": engine.name, "registry": str(args.registry), "runs": rows, "grounding": grounding}
         args.json.write_text(json.dumps(doc, indent=2, ensure_ascii=False))

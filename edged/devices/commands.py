@@ -159,17 +159,20 @@ class DeviceControl:
         messages = device_messages(
             registry, text, states=self.states.snapshot(), context=context, history=history, lead=lead
         )
-        if schema is not None and grounding is not None and grounding.confident and not grounding.empty:
+        if schema is not None and grounding is not None and not grounding.empty:
             schema = self._grounded_schema(registry, grounding)
         return registry, messages, schema
 
     def _grounded_schema(self, registry: Registry, grounding: Grounding) -> dict[str, Any]:
-        key = (registry.version, grounding.device_ids(), grounding.area_ids(), tuple(sorted(grounding.values.items())))
+        """Only the candidates (and "all" targets); values fixed to those heard when linking is confident.
+        The model can still answer with no action, which is a refusal (not_understood)."""
+        values = grounding.values if grounding.confident else {}
+        key = (registry.version, grounding.device_ids(), grounding.area_ids(), tuple(sorted(values.items())))
         if key not in self._grounded:
             if len(self._grounded) > 64:
                 self._grounded.clear()
-            areas = grounding.area_ids() | ({ALL_AREAS} if grounding.area_ids() else set())
-            model = output_model(registry, devices=grounding.device_ids(), areas=areas, values=grounding.values)
+            areas = grounding.area_ids() | {ALL_AREAS}
+            model = output_model(registry, devices=grounding.device_ids(), areas=areas, values=values)
             self._grounded[key] = model.model_json_schema()
         return self._grounded[key]
 
