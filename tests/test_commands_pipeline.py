@@ -105,6 +105,17 @@ def test_multi_command_resolves_part_by_part_and_borrows_the_verb():
     assert found.intent == ["turn_off", "turn_off"]
 
 
+def test_a_later_part_may_refer_back_to_the_device_before_it():
+    """'turn on the extractor fan and set it to 70 percent': 'it' is the extractor fan."""
+    registry = load_registry(HOME)
+    fan_on, fan_70 = (Call("turn_on", device="kitchen_fan"),), (Call("set_speed", {"speed": 70}, device="kitchen_fan"),)
+    book = Phrasebook({"turn on the extractor fan": fan_on, "set the extractor fan to 70 percent": fan_70})
+    found = CommandPipeline([book]).resolve(
+        registry, CommandContext("turn on the extractor fan and set it to 70 percent")
+    )
+    assert found is not None and found.proposal().calls == fan_on + fan_70
+
+
 def test_rules_after_local_and_resolved_by_says_which(tmp_path):
     """One part by templates, one by rules: the request counts as resolved by rules."""
     local = Phrasebook({"turn off the kitchen light": OFF_KITCHEN})

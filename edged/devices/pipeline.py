@@ -8,6 +8,7 @@ parts resolve, otherwise the whole text is tried as one command. What is left go
 from __future__ import annotations
 
 import inspect
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -76,10 +77,11 @@ class CommandPipeline:
     def _all(self, registry: Registry, command: CommandContext, parts: list[str]) -> Resolution | None:
         found: list[Proposal] = []
         for i, part in enumerate(parts):
-            borrowed = carry_verb(parts[i - 1], part) if i else None  # "... and the fan": the verb before it
-            one = self.resolve_one(registry, replace(command, text=borrowed)) if borrowed else None
-            if one is None:
-                one = self.resolve_one(registry, replace(command, text=part))
+            readings = [part]
+            if i:  # "... and the fan": the verb before it; "... and set it to 70": the device before it
+                borrowed = carry_verb(parts[i - 1], part)
+                readings = [*([borrowed] if borrowed else []), part, *refer_back(registry, found[-1], part)]
+            one = next((p for t in readings if (p := self.resolve_one(registry, replace(command, text=t)))), None)
             if one is None:
                 return None
             found.append(one)
@@ -96,3 +98,17 @@ class CommandPipeline:
             if proposal is not None and proposal.calls:
                 return proposal
         return None
+
+
+_PRONOUN = re.compile(r"\b(it|them|its)\b", re.IGNORECASE)
+
+
+def refer_back(registry: Registry, previous: Proposal, part: str) -> list[str]:
+    """'turn on the fan and set it to 70': the part again with the device the previous command named."""
+    devices = {c.device for c in previous.calls}
+    if len(devices) != 1 or None in devices:
+        return []
+    name = next(d.name for d in registry.devices if d.id in devices)
+    if _PRONOUN.search(part):
+        return [_PRONOUN.sub(lambda m: f"the {name}" + ("'s" if m.group(1).lower() == "its" else ""), part)]
+    return [f"{part} on the {name}"]
