@@ -276,3 +276,31 @@ def test_local_path_warms_up_before_going_online(home):
     assert "en" in local._intents  # loaded by the warm-up, not by a request
     r = client.request("command", {"text": "turn off the living room lights", "dispatch": False})
     assert r["result"]["resolved_by"] == "local" and r["result"]["intent"]
+
+
+def test_model_prompt_leads_with_the_linked_candidates_and_keeps_the_system_prompt_static(tmp_path):
+    """The user turn starts with what the linker found; the system message is the same for every command."""
+    control = _control(tmp_path, [])
+    _r, plain, _s = control.prepare("what's the status", context=None, history=())
+    _r, grounded, schema = control.prepare("set the thermostat to 21 degrees", context=None, history=(), area="office")
+    assert grounded[0] == plain[0]  # the cacheable prefix
+    assert grounded[-1]["content"].startswith("The speaker is in: office\nDevices named: thermostat (Thermostat")
+    assert "Values heard: setpoint=21" in grounded[-1]["content"]
+    assert schema is not None and "office_heater" not in json.dumps(schema) and "thermostat" in json.dumps(schema)
+
+
+def test_grounded_grammar_keeps_a_random_model_on_the_candidates(engine, tmp_path):
+    """Tiny random weights, confident linking: every answer names only the thermostat, and only 21 °C."""
+    import mlx.core as mx
+
+    from edged.devices.actions import output_model, parse_answer
+    from edged.settings import NoThinkSampling
+
+    control = _control(tmp_path, [])
+    registry, messages, schema = control.prepare("set the thermostat to 21 degrees", context=None, history=())
+    for seed in range(3):
+        mx.random.seed(seed)
+        gen = engine.generate(messages, "no_think", NoThinkSampling(max_tokens=512), schema=schema)
+        actions, _say = parse_answer(registry, output_model(registry), gen.answer)
+        assert {a.device for a in actions} <= {"thermostat"}, gen.answer
+        assert all(a.params == {"setpoint": 21.0} for a in actions if a.action == "set_temperature"), gen.answer

@@ -105,16 +105,17 @@ def output_model(
     *,
     devices: Collection[str] | None = None,
     areas: Collection[str] | None = None,
+    types: Collection[str] | None = None,
     values: Mapping[str, Any] | None = None,
 ) -> type[BaseModel]:
     """The model of a command answer for this registry: ``{"actions": [...], "say": "..."}``.
 
-    Grounded: only ``devices`` by id, only area targets in ``areas``, parameters fixed to ``values``
+    Grounded: only ``devices`` by id, only area targets in ``areas`` of ``types``, parameters fixed to ``values``
     where the words carried one that fits (the answer is then a subset of the full model's)."""
     chosen = [d for d in registry.devices if devices is None or d.id in devices]
     items = device_action_models(chosen, values)
     for (area, dtype, name), action in _groups(registry).items():
-        if areas is not None and area not in areas:
+        if (areas is not None and area not in areas) or (types is not None and dtype not in types):
             continue
         tag = _camel(area, dtype, name)
         items.append(

@@ -164,15 +164,17 @@ class DeviceControl:
         return registry, messages, schema
 
     def _grounded_schema(self, registry: Registry, grounding: Grounding) -> dict[str, Any]:
-        """Only the candidates (and "all" targets); values fixed to those heard when linking is confident.
+        """Only the candidates (area targets: the named rooms, or "all" when no room was named and the linking
+        is not confident); values fixed to those heard when linking is confident.
         The model can still answer with no action, which is a refusal (not_understood)."""
         values = grounding.values if grounding.confident else {}
         key = (registry.version, grounding.device_ids(), grounding.area_ids(), tuple(sorted(values.items())))
         if key not in self._grounded:
             if len(self._grounded) > 64:
                 self._grounded.clear()
-            areas = grounding.area_ids() | {ALL_AREAS}
-            model = output_model(registry, devices=grounding.device_ids(), areas=areas, values=values)
+            areas = grounding.area_ids() | ({ALL_AREAS} if not grounding.areas and not grounding.confident else set())
+            types = {d.type for d in registry.devices if d.id in grounding.device_ids()}
+            model = output_model(registry, devices=grounding.device_ids(), areas=areas, types=types, values=values)
             self._grounded[key] = model.model_json_schema()
         return self._grounded[key]
 
