@@ -56,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
         "--grounding", action="store_true", help="on the cases left to the model: grounded vs plain, side by side"
     )
     ev.add_argument("--misses", action="store_true", help="print the cases each run got wrong")
+    ev.add_argument("--language", help="language of cases without one (default: the commands.language setting)")
     ev.add_argument("--runs", help="comma-separated runs: pipeline, unconstrained, model only, model grounded")
     ev.add_argument("--limit", type=int, help="only the first N cases")
     ev.add_argument("--json", type=Path, help="also write the numbers here")

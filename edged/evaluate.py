@@ -65,7 +65,8 @@ def _key(device: str, action: str, params: dict[str, Any]) -> Key:
     return device, action, json.dumps(norm, sort_keys=True)
 
 
-def load_cases(path: Path, registry: Registry) -> list[Case]:
+def load_cases(path: Path, registry: Registry, *, language: str | None = None) -> list[Case]:
+    """The set's cases; ``language`` for those that do not name one."""
     types = {d.id: d.type for d in registry.devices}
     cases = []
     for line in path.read_text().splitlines():
@@ -73,7 +74,7 @@ def load_cases(path: Path, registry: Registry) -> list[Case]:
             row = json.loads(line)
             expect = frozenset(_key(a["device"], a["action"], a.get("params", {})) for a in row["expect"])
             kind = types[row["expect"][0]["device"]] if row["expect"] else "reject"
-            extra = {k: row[k] for k in ("area", "language", "state") if k in row}
+            extra = {"language": language, **{k: row[k] for k in ("area", "language", "state") if k in row}}
             cases.append(Case(row["text"], expect, kind, **extra))
     return cases
 
@@ -271,7 +272,7 @@ def cli_eval(args: Any, settings: Any) -> int:
     from edged.models.store import ensure_demo_model
 
     store = RegistryStore(args.registry)
-    cases = load_cases(args.cases, store.current)[: args.limit]
+    cases = load_cases(args.cases, store.current, language=args.language)[: args.limit]
     engine, model = _eval_engine(args.model, settings, ensure_demo_model)
 
     def control(*, constrain: bool, local: bool, grounded: bool) -> DeviceControl:

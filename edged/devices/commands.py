@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from edged.devices.actions import ALL_AREAS, InvalidAnswer, Resolved, output_model, parse_answer
 from edged.devices.confirmations import Confirmations, TokenError
-from edged.devices.grounding import Grounding, ground, grounding_text
+from edged.devices.grounding import Grounding, ground, grounding_text, knows_words_of
 from edged.devices.pipeline import CommandPipeline
 from edged.devices.prompts import device_messages
 from edged.devices.proposal import CommandContext, ResolvedBy, Resolver
@@ -133,7 +133,7 @@ class DeviceControl:
 
     def _unlinked(self, registry: Registry, command: CommandContext) -> Outcome | None:
         """Refuse a command whose words name no device or area of the registry (needs the linker)."""
-        if not self.commands.grounded:
+        if not self.commands.grounded or not knows_words_of(command.language):
             return None
         grounding = ground(registry, command)
         if grounding is None or not grounding.names_nothing_here:

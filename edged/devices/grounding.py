@@ -70,6 +70,16 @@ def ground(registry: Registry, command: CommandContext) -> Grounding | None:
     return from_linking(registry, linking, heard, command.area, command.language)
 
 
+def knows_words_of(language: str) -> bool:
+    """True when the linker has this language's words (verbs, kinds, unknown nouns), so that "names
+    nothing here" can be trusted; otherwise it reads the text with English words."""
+    try:
+        from edged.devices.lexicon import load_lexicon
+    except ImportError:
+        return language.startswith("en")
+    return load_lexicon(language).language == language.split("-")[0]
+
+
 def from_linking(
     registry: Registry, linking: Linking, heard: Slots, area: str | None, language: str = "en"
 ) -> Grounding:

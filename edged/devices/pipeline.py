@@ -80,12 +80,16 @@ class CommandPipeline:
             readings = [part]
             if i:  # "... and the fan": the verb before it; "... and set it to 70": the device before it
                 borrowed = carry_verb(parts[i - 1], part)
-                readings = [*([borrowed] if borrowed else []), part, *refer_back(registry, found[-1], part)]
+                readings = [
+                    *([borrowed] if borrowed else []),
+                    part,
+                    *refer_back(registry, found[-1], part, command.language),
+                ]
             one = next((p for t in readings if (p := self.resolve_one(registry, replace(command, text=t)))), None)
             if one is None:
                 return None
             found.append(one)
-        return Resolution(tuple(found))
+        return None if _contradicts(found) else Resolution(tuple(found))
 
     def resolve_one(self, registry: Registry, command: CommandContext) -> Proposal | None:
         """The first resolver's proposal with at least one call; a failing resolver is skipped, logged."""
@@ -103,12 +107,24 @@ class CommandPipeline:
 _PRONOUN = re.compile(r"\b(it|them|its)\b", re.IGNORECASE)
 
 
-def refer_back(registry: Registry, previous: Proposal, part: str) -> list[str]:
+def refer_back(registry: Registry, previous: Proposal, part: str, language: str = "en") -> list[str]:
     """'turn on the fan and set it to 70': the part again with the device the previous command named."""
     devices = {c.device for c in previous.calls}
-    if len(devices) != 1 or None in devices:
+    if len(devices) != 1 or None in devices or not language.startswith("en"):
         return []
     name = next(d.name for d in registry.devices if d.id in devices)
     if _PRONOUN.search(part):
         return [_PRONOUN.sub(lambda m: f"the {name}" + ("'s" if m.group(1).lower() == "its" else ""), part)]
     return [f"{part} on the {name}"]
+
+
+def _contradicts(parts: list[Proposal]) -> bool:
+    """Two parts setting one device's action to different values ("the volume is 20, lower it by 5"
+    read as two commands): the split is wrong, the text is one command."""
+    seen: dict[tuple[str | None, str | None, str | None, str], object] = {}
+    for call in (c for p in parts for c in p.calls):
+        key = (call.device, call.area, call.type, call.action)
+        if key in seen and seen[key] != dict(call.params):
+            return True
+        seen[key] = dict(call.params)
+    return False
