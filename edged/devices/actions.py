@@ -21,6 +21,7 @@ from edged.devices.registry import Action, Device, Param, Registry, on_step
 
 MAX_ACTIONS = 6
 MAX_SAY = 160
+GROUNDED_SAY = 48  # grounded answers: the candidates are known, a short sentence is enough
 ALL_AREAS = "all"
 
 
@@ -107,6 +108,7 @@ def output_model(
     areas: Collection[str] | None = None,
     types: Collection[str] | None = None,
     values: Mapping[str, Any] | None = None,
+    say_max: int = MAX_SAY,
 ) -> type[BaseModel]:
     """The model of a command answer for this registry: ``{"actions": [...], "say": "..."}``.
 
@@ -135,7 +137,7 @@ def output_model(
         "CommandAnswer",
         __base__=_Closed,
         actions=(list[item], Field(max_length=MAX_ACTIONS)),  # type: ignore[valid-type]  # noqa: UP007 (a union built at run time)
-        say=(str, Field(max_length=MAX_SAY)),
+        say=(str, Field(max_length=min(say_max, MAX_SAY))),
     )
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import structlog
 from pydantic import BaseModel
 
-from edged.devices.actions import ALL_AREAS, InvalidAnswer, Resolved, output_model, parse_answer
+from edged.devices.actions import ALL_AREAS, GROUNDED_SAY, InvalidAnswer, Resolved, output_model, parse_answer
 from edged.devices.confirmations import Confirmations, TokenError
 from edged.devices.grounding import Grounding, ground, grounding_text, knows_words_of
 from edged.devices.pipeline import CommandPipeline
@@ -174,7 +174,14 @@ class DeviceControl:
                 self._grounded.clear()
             areas = grounding.area_ids() | ({ALL_AREAS} if not grounding.areas and not grounding.confident else set())
             types = {d.type for d in registry.devices if d.id in grounding.device_ids()}
-            model = output_model(registry, devices=grounding.device_ids(), areas=areas, types=types, values=values)
+            model = output_model(
+                registry,
+                devices=grounding.device_ids(),
+                areas=areas,
+                types=types,
+                values=values,
+                say_max=GROUNDED_SAY,
+            )
             self._grounded[key] = model.model_json_schema()
         return self._grounded[key]
 
