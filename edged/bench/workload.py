@@ -70,7 +70,8 @@ def command_messages(registry: Path, texts: list[str]) -> list[list[dict[str, st
 
 
 def resolved_without_model(registry: Path, texts: list[str]) -> set[str]:
-    """The texts edged's templates and rules resolve on their own (the daemon's pipeline, in this process)."""
+    """The texts edged answers without generation (resolved by templates or rules, or refused as naming
+    nothing in the registry): the daemon's pipeline, run in this process."""
     from edged.devices.commands import DeviceControl
     from edged.devices.confirmations import Confirmations
     from edged.devices.registry import RegistryStore
@@ -80,9 +81,4 @@ def resolved_without_model(registry: Path, texts: list[str]) -> set[str]:
         RegistryStore(registry), DeviceStates(), Confirmations(60), lambda _t, _p: None, dispatch_default=False
     )
     control.warm_up()
-    found = set()
-    for text in texts:
-        outcome = control.try_resolve("bench", text, dispatch=False)
-        if outcome is not None and outcome.result.get("actions"):
-            found.add(text)
-    return found
+    return {t for t in texts if control.try_resolve("bench", t, dispatch=False) is not None}
