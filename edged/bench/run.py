@@ -288,6 +288,7 @@ def run(args: argparse.Namespace) -> int:
         ],
         "samples": {
             "warmup": measured["phases"]["warmup"].as_dict(),
+            "local": [s.as_dict() for s in measured["phases"]["local"]],
             "idle": [s.as_dict() for s in idle],
             "during_query": [s.as_dict() for s in measured["phases"]["during_query"]],
             "queries": [s.as_dict() for s in measured["phases"]["queries"]],

@@ -63,18 +63,21 @@ class CommandPipeline:
         return round(time.perf_counter() - started, 3)
 
     def resolve(self, registry: Registry, command: CommandContext) -> Resolution | None:
+        seen: dict[str, Proposal | None] = {}  # one request's parts recur across splits: resolve each once
         for parts in candidate_splits(command.text, command.language):
-            found = self._all(registry, command, parts)
+            found = self._all(registry, command, parts, seen)
             if found is not None:
                 return found
         whole = clean(command.text, command.language)
         for text in dict.fromkeys((whole, command.text.strip())):
-            one = self.resolve_one(registry, replace(command, text=text)) if text else None
+            one = self.resolve_one(registry, replace(command, text=text), seen) if text else None
             if one is not None:
                 return Resolution((one,))
         return None
 
-    def _all(self, registry: Registry, command: CommandContext, parts: list[str]) -> Resolution | None:
+    def _all(
+        self, registry: Registry, command: CommandContext, parts: list[str], seen: dict[str, Proposal | None]
+    ) -> Resolution | None:
         found: list[Proposal] = []
         for i, part in enumerate(parts):
             readings = [part]
@@ -85,14 +88,22 @@ class CommandPipeline:
                     part,
                     *refer_back(registry, found[-1], part, command.language),
                 ]
-            one = next((p for t in readings if (p := self.resolve_one(registry, replace(command, text=t)))), None)
+            one = next((p for t in readings if (p := self.resolve_one(registry, replace(command, text=t), seen))), None)
             if one is None:
                 return None
             found.append(one)
         return None if _contradicts(found) else Resolution(tuple(found))
 
-    def resolve_one(self, registry: Registry, command: CommandContext) -> Proposal | None:
+    def resolve_one(
+        self, registry: Registry, command: CommandContext, seen: dict[str, Proposal | None] | None = None
+    ) -> Proposal | None:
         """The first resolver's proposal with at least one call; a failing resolver is skipped, logged."""
+        seen = {} if seen is None else seen
+        if command.text not in seen:
+            seen[command.text] = self._first(registry, command)
+        return seen[command.text]
+
+    def _first(self, registry: Registry, command: CommandContext) -> Proposal | None:
         for resolver in self.resolvers:
             try:
                 proposal = resolver.resolve(registry, command)
