@@ -304,3 +304,16 @@ def test_grounded_grammar_keeps_a_random_model_on_the_candidates(engine, tmp_pat
         actions, _say = parse_answer(registry, output_model(registry), gen.answer)
         assert {a.device for a in actions} <= {"thermostat"}, gen.answer
         assert all(a.params == {"setpoint": 21.0} for a in actions if a.action == "set_temperature"), gen.answer
+
+
+def test_a_model_answer_picking_one_of_several_fitting_devices_without_a_room_is_refused(tmp_path):
+    """'sing me a song' fits the TV and the kids' speaker: the model choosing one is no confident answer;
+    the speaker's area makes it one."""
+    control = _control(tmp_path, [])
+    registry = control.store.get()
+    answer = json.dumps({"actions": [{"device": "living_room_tv", "action": "play", "params": {}}], "say": ""})
+    unsure = control.outcome(registry, "r1", answer, dispatch=False, command=CommandContext("sing me a song"))
+    assert (unsure.status, unsure.code) == ("rejected", "not_understood")
+    here = control.context(registry, "sing me a song", language=None, area="living room")
+    sure = control.outcome(registry, "r2", answer, dispatch=False, command=here)
+    assert sure.status == "ok" and sure.result["resolved_by"] == "model"

@@ -194,7 +194,9 @@ class DeviceControl:
         dispatch: bool | None,
         reply_topic: str = "",
         resolved_by: ResolvedBy = "model",
+        command: CommandContext | None = None,
     ) -> Outcome:
+        """Validate an answer and dispatch it; ``command``: the model's request, checked against its linking."""
         model, _ = self.schema_for(registry)
         if (
             not self.constrain and resolved_by == "model"
@@ -207,10 +209,23 @@ class DeviceControl:
             return Outcome(
                 "rejected", {"actions": [], "text": answer, "resolved_by": resolved_by}, "invalid_answer", str(exc)
             )
+        if actions and command is not None and self._ambiguous(registry, command, actions):
+            actions, say = [], "Several devices match; say which one, or the room."
         if not actions:
             result = {"actions": [], "say": say, "resolved_by": resolved_by}
             return Outcome("rejected", result, "not_understood", say or "no device action found")
         return self._dispatch(registry, request_id, actions, say, dispatch, reply_topic, resolved_by)
+
+    def _ambiguous(self, registry: Registry, command: CommandContext, actions: list[Resolved]) -> bool:
+        """A model answer that picks some of several devices the words fit equally, with no room named
+        or known ("sing me a song": the TV or the kids' speaker?): not a confident answer."""
+        grounding = ground(registry, command) if self.commands.grounded else None
+        if grounding is None or grounding.empty or grounding.confident or grounding.areas:
+            return False
+        chosen = {a.device for a in actions}
+        types = {d.type for d in registry.devices if d.id in chosen}
+        fitting = {d for d, _s in grounding.devices if registry.device(d).type in types}
+        return len(fitting) > 1 and not fitting <= chosen
 
     def _dispatch(
         self,

@@ -9,6 +9,7 @@ that names nothing in the registry is refused without the model.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -88,17 +89,18 @@ def from_linking(
     here = linking.here.ref if linking.here is not None and linking.here.ref else area
     areas = {m.ref: m.score / 100 for m in linking.areas} or ({here: 1.0} if here else {})
     devices = {m.ref: m.score / 100 for m in linking.devices}
+    named = set(devices)
     kinds = load_kinds(linking, language)
     for kind, score in kinds.items():
         for d in registry.devices:
             if d.type in kind and (not areas or d.area in areas) and d.id not in devices:
                 devices[d.id] = round(0.9 * score, 2)
-    named = set(devices)
     if not devices and not kinds and linking.areas:  # "dim the hallway to 30 percent": the room's devices
         devices = {d.id: 0.5 for d in registry.devices if d.area in areas}
     ranked = sorted(devices.items(), key=lambda x: -x[1])
     scores = [*devices.values(), *areas.values()]
-    sure = bool(named) or bool(kinds and linking.areas)  # a device by name, or a kind in a named room
+    rivals = any(a.overlaps(b) for a, b in itertools.combinations(linking.devices, 2))  # one span, two devices
+    sure = (bool(named) and not rivals) or bool(kinds and linking.areas)  # a device by name, or a kind in a room
     confident = sure and not linking.unlinked and min(scores) >= 0.9 and len(ranked) <= MAX_CANDIDATES
     return Grounding(
         devices=tuple(ranked[:MAX_CANDIDATES]),

@@ -281,8 +281,14 @@ class Service:
             )
 
             def finish_command(gen: Any) -> Outcome:
+                asked = devices.context(registry, text, language=req.language, area=req.area)
                 o = devices.outcome(
-                    registry, req.id or "", gen.answer, dispatch=req.dispatch, reply_topic=job.reply_topic
+                    registry,
+                    req.id or "",
+                    gen.answer,
+                    dispatch=req.dispatch,
+                    reply_topic=job.reply_topic,
+                    command=asked,
                 )
                 return Outcome(o.status, o.result, o.error_info(), remember=o.status != "rejected")
 
