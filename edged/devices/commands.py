@@ -159,11 +159,11 @@ class DeviceControl:
         messages = device_messages(
             registry, text, states=self.states.snapshot(), context=context, history=history, lead=lead
         )
-        if schema is not None and grounding is not None and not grounding.empty:
-            schema = self._grounded_schema(registry, grounding)
+        if schema is not None and grounding is not None and grounding.devices:
+            schema = self._grounded_schema(registry, grounding) or schema
         return registry, messages, schema
 
-    def _grounded_schema(self, registry: Registry, grounding: Grounding) -> dict[str, Any]:
+    def _grounded_schema(self, registry: Registry, grounding: Grounding) -> dict[str, Any] | None:
         """Only the candidates (area targets: the named rooms, or "all" when no room was named and the linking
         is not confident); values fixed to those heard when linking is confident.
         The model can still answer with no action, which is a refusal (not_understood)."""
@@ -174,14 +174,17 @@ class DeviceControl:
                 self._grounded.clear()
             areas = grounding.area_ids() | ({ALL_AREAS} if not grounding.areas and not grounding.confident else set())
             types = {d.type for d in registry.devices if d.id in grounding.device_ids()}
-            model = output_model(
-                registry,
-                devices=grounding.device_ids(),
-                areas=areas,
-                types=types,
-                values=values,
-                say_max=GROUNDED_SAY,
-            )
+            try:
+                model = output_model(
+                    registry,
+                    devices=grounding.device_ids(),
+                    areas=areas,
+                    types=types,
+                    values=values,
+                    say_max=GROUNDED_SAY,
+                )
+            except ValueError:  # nothing of the registry left to name: the full grammar
+                return None
             self._grounded[key] = model.model_json_schema()
         return self._grounded[key]
 
