@@ -130,12 +130,7 @@ def refer_back(registry: Registry, previous: Proposal, part: str, language: str 
 
 
 def _contradicts(parts: list[Proposal]) -> bool:
-    """Two parts setting one device's action to different values ("the volume is 20, lower it by 5"
-    read as two commands): the split is wrong, the text is one command."""
-    seen: dict[tuple[str | None, str | None, str | None, str], object] = {}
-    for call in (c for p in parts for c in p.calls):
-        key = (call.device, call.area, call.type, call.action)
-        if key in seen and seen[key] != dict(call.params):
-            return True
-        seen[key] = dict(call.params)
-    return False
+    """Two parts with the same action on the same target ("the volume is 20, turn it down by 5" read as
+    two commands): the split is wrong, the text is one command."""
+    keys = [(c.device, c.area, c.type, c.action) for p in parts for c in p.calls]
+    return len(keys) != len(set(keys))
