@@ -135,6 +135,7 @@ def test_locally_resolved_command_is_dispatched_without_the_model(tmp_path):
     result = _handle(_control(tmp_path, [Phrasebook({"turn off the kitchen light": OFF_KITCHEN})], sent),
                      "hey edged turn off the kitchen light please")  # fmt: skip
     assert result.status == "ok" and result.result["resolved_by"] == "local"
+    assert result.result["say"] == "Turn off: Kitchen light."
     assert sent == [("zigbee2mqtt/kitchen_ceiling/set", b'{"state":"OFF"}')]
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import structlog
 from pydantic import BaseModel
 
-from edged.devices.actions import ALL_AREAS, GROUNDED_SAY, InvalidAnswer, Resolved, output_model, parse_answer
+from edged.devices.actions import ALL_AREAS, GROUNDED_SAY, MAX_SAY, InvalidAnswer, Resolved, output_model, parse_answer
 from edged.devices.confirmations import Confirmations, TokenError
 from edged.devices.grounding import Grounding, ground, grounding_text, knows_words_of
 from edged.devices.pipeline import CommandPipeline
@@ -128,6 +128,7 @@ class DeviceControl:
             log.error("resolver_answer_invalid", id=request_id, answer=proposal.answer_json(), error=outcome.message)
             return None
         outcome.result["intent"] = resolution.intent
+        outcome.result["say"] = outcome.result.get("say") or spoken_summary(registry, outcome.result["actions"])
         log.info("command_resolved", id=request_id, resolved_by=proposal.resolved_by, intent=resolution.intent)
         return outcome
 
@@ -312,3 +313,16 @@ def default_resolvers() -> list[Resolver]:
     except ImportError:
         log.info("resolver_missing", layer="rules")
     return found
+
+
+def spoken_summary(registry: Registry, actions: list[dict[str, Any]]) -> str:
+    """A short sentence for what was resolved: "Turn off: Living room ceiling light, Floor lamp."."""
+    names = {d.id: d.name for d in registry.devices}
+    groups: dict[str, list[str]] = {}
+    for a in actions:
+        values = " ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in a["params"].values())
+        groups.setdefault(" ".join(x for x in (a["action"].replace("_", " "), values) if x), []).append(
+            names.get(a["device"], a["device"])
+        )
+    text = "; ".join(f"{what.capitalize()}: {', '.join(who)}" for what, who in groups.items())
+    return (text + ".")[:MAX_SAY] if text else ""
