@@ -222,6 +222,7 @@ class Daemon:
             self._publish_device,
             dispatch_default=s.devices.dispatch,
             claim=self.ledger.claim,
+            commands=s.commands,
         )
 
     def _watch_registry(self) -> None:
@@ -284,6 +285,8 @@ class Daemon:
         self.intake.configure(settings)
         if self.service is not None:
             self.service.configure(settings.model)
+        if self.devices is not None:  # language, layers, grounding, temperature: from the next command on
+            self.devices.commands = settings.commands
         self.stats.window_s = settings.stats.window_s
         self.ledger.configure(window_s=settings.requests.dedupe_window_s, max_rows=settings.requests.dedupe_max_rows)
         self._stats_ticks.interval = settings.stats.interval_s

@@ -19,6 +19,8 @@ from pydantic_core import ErrorDetails
 CONTRACT_VERSION = 1
 ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 SESSION_PATTERN = r"^[A-Za-z0-9_.:@/-]{1,128}$"
+LANGUAGE_PATTERN = r"^[a-z]{2,3}(-[A-Za-z]{2,4})?$"
+AREA_PATTERN = r"^[^\x00-\x1f]{1,64}$"  # an area id, name or alias of the registry
 MAX_TOPIC_CHARS = 512
 MAX_DEADLINE_MS = 24 * 3600 * 1000
 
@@ -120,6 +122,8 @@ class Request(BaseModel):
         None, pattern=ID_PATTERN
     )  # who is asking (rate limits); MQTT 5 user property "client" too
     priority: Priority | None = None  # MQTT 5 user property "priority" too
+    language: str | None = Field(None, pattern=LANGUAGE_PATTERN)  # commands: default settings commands.language
+    area: str | None = Field(None, pattern=AREA_PATTERN)  # commands: the speaker's room; MQTT 5 user property "area"
 
     @field_validator("text")
     @classmethod

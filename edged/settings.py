@@ -310,6 +310,24 @@ class DeviceSettings(_Section):
         return v.expanduser() if v else v
 
 
+class CommandSettings(_Section):
+    """How spoken commands become device actions: templates and rules first, the model for the rest."""
+
+    language: str = Field(
+        "en", pattern=r"^[a-z]{2,3}(-[A-Za-z]{2,4})?$", description="language of commands that do not name one"
+    )
+    local: bool = Field(True, description="resolve with sentence templates and registry rules before the model")
+    grounded: bool = Field(
+        True, description="model path: name the linked devices first and restrict the answer grammar to them"
+    )
+    temperature: float = Field(
+        0.0,
+        ge=0,
+        description="command decoding; 0 = greedy, a departure from Qwen3's no_think 0.7: "
+        "a device answer wants the most likely reading, not variety",
+    )
+
+
 class DiagnosticSettings(_Section):
     structured: bool = Field(True, description="queries answer with the diagnosis schema (after thinking)")
     telemetry_tokens: int = Field(
@@ -382,6 +400,7 @@ class Settings(BaseSettings):
     requests: RequestSettings = RequestSettings()
     sessions: SessionSettings = SessionSettings()
     devices: DeviceSettings = DeviceSettings()
+    commands: CommandSettings = CommandSettings()
     diagnostics: DiagnosticSettings = DiagnosticSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
     log: LogSettings = LogSettings()

@@ -85,6 +85,19 @@ def cache(samples: list[Sample], stats: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def local_path(samples: list[Sample]) -> dict[str, Any]:
+    """Commands resolved without generation: edged's timing_ms.total and the caller's latency."""
+    done = [s for s in samples if not s.ran and s.status in ("ok", "needs_confirmation")]
+    totals = [s.timing.get("total", 0.0) for s in done]
+    return {
+        "count": len(done),
+        "of": len(samples),
+        "total_p50_ms": _r(percentile(totals, 50)),
+        "total_p95_ms": _r(percentile(totals, 95)),
+        "caller_p50_ms": _r(percentile([s.caller_ms for s in done], 50)),
+    }
+
+
 def edged_figures(
     phases: dict[str, Any], stats: dict[str, Any], peak_rss_mb: float | None, load_s: float
 ) -> dict[str, Any]:
@@ -105,6 +118,7 @@ def edged_figures(
     ]
     queries = phases["queries"]
     return {
+        "local_path": local_path(phases.get("local", [])),
         "first_command_ms": _r(phases["warmup"].caller_ms),  # the first after start-up (model.warm_up prepared it)
         "idle": {
             **latency([s.caller_ms for s in idle]),

@@ -11,19 +11,18 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from edged.devices.registry import Action, Device, Param, Registry, on_step
-from edged.typeforms import any_of, list_of, one_of
+from edged.typeforms import any_of, one_of
 
-ParamValue = int | float | bool | str  # what a validated parameter holds (see Param.type)
-Params = dict[str, ParamValue]
 MAX_ACTIONS = 6
 MAX_SAY = 160
+GROUNDED_SAY = 48  # grounded answers: the candidates are known, a short sentence is enough
 ALL_AREAS = "all"
 
 
@@ -31,21 +30,21 @@ class _Closed(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def _param_type(p: Param) -> Any:
+def _param_type(p: Param, heard: Any = None) -> Any:
+    if heard is not None and _fits(p, heard):  # grounded: the value the words carry, and no other
+        return Literal[int(heard) if p.type == "integer" else heard]
     if p.type == "integer":
-        lo, hi = p.bounds
-        return Annotated[int, Field(ge=int(lo), le=int(hi))]
+        return Annotated[int, Field(ge=int(p.min), le=int(p.max))]  # type: ignore[arg-type]
     if p.type == "number":  # bounded precision: unbounded decimals let sampling run on digits forever
-        lo, hi = p.bounds
         return Annotated[
             float,
-            Field(ge=lo, le=hi, json_schema_extra={"multipleOf": p.step}),
+            Field(ge=p.min, le=p.max, json_schema_extra={"multipleOf": p.step}),
             AfterValidator(functools.partial(_check_step, step=p.step)),
         ]
     if p.type == "boolean":
         return bool
     if p.type == "enum":
-        return one_of(p.choices)
+        return one_of(p.values or ())
     return Annotated[str, Field(max_length=p.max_length)]
 
 
@@ -55,8 +54,18 @@ def _check_step(value: float, step: float) -> float:
     return round(value, 6)
 
 
-def _params_model(name: str, action: Action) -> type[BaseModel]:
-    fields = {p: (_param_type(spec), ...) for p, spec in action.params.items()}
+def _fits(p: Param, value: Any) -> bool:
+    if p.type in ("integer", "number") and isinstance(value, (int, float)) and not isinstance(value, bool):
+        whole = p.type == "number" or float(value).is_integer()
+        return whole and p.min <= value <= p.max and (p.type == "integer" or on_step(value, p.step))  # type: ignore[operator]
+    if p.type == "enum":
+        return value in (p.values or ())
+    return p.type == "boolean" and isinstance(value, bool)
+
+
+def _params_model(name: str, action: Action, values: Mapping[str, Any] | None = None) -> type[BaseModel]:
+    heard = values or {}
+    fields = {p: (_param_type(spec, heard.get(p)), ...) for p, spec in action.params.items()}
     return create_model(name, __base__=_Closed, **fields)  # type: ignore[call-overload]
 
 
@@ -75,7 +84,7 @@ def _groups(registry: Registry) -> dict[tuple[str, str, str], Action]:
     return {key: acts[0] for key, acts in sorted(groups.items()) if all(a.params == acts[0].params for a in acts)}
 
 
-def device_action_models(devices: Iterable[Device]) -> list[type[BaseModel]]:
+def device_action_models(devices: Iterable[Device], values: Mapping[str, Any] | None = None) -> list[type[BaseModel]]:
     """One model per (device, action): ``{"device": id, "action": name, "params": {...}}``."""
     items: list[type[BaseModel]] = []
     for d in devices:
@@ -87,16 +96,30 @@ def device_action_models(devices: Iterable[Device]) -> list[type[BaseModel]]:
                     __base__=_Closed,
                     device=(one_of([d.id]), ...),
                     action=(one_of([name]), ...),
-                    params=(_params_model(f"{tag}Params", action), ...),
+                    params=(_params_model(f"{tag}Params", action, values), ...),
                 )
             )
     return items
 
 
-def output_model(registry: Registry) -> type[BaseModel]:
-    """The model of a command answer for this registry: ``{"actions": [...], "say": "..."}``."""
-    items = device_action_models(registry.devices)
+def output_model(
+    registry: Registry,
+    *,
+    devices: Collection[str] | None = None,
+    areas: Collection[str] | None = None,
+    types: Collection[str] | None = None,
+    values: Mapping[str, Any] | None = None,
+    say_max: int = MAX_SAY,
+) -> type[BaseModel]:
+    """The model of a command answer for this registry: ``{"actions": [...], "say": "..."}``.
+
+    Grounded: only ``devices`` by id, only area targets in ``areas`` of ``types``, parameters fixed to ``values``
+    where the words carried one that fits (the answer is then a subset of the full model's)."""
+    chosen = [d for d in registry.devices if devices is None or d.id in devices]
+    items = device_action_models(chosen, values)
     for (area, dtype, name), action in _groups(registry).items():
+        if (areas is not None and area not in areas) or (types is not None and dtype not in types):
+            continue
         tag = _camel(area, dtype, name)
         items.append(
             create_model(
@@ -105,14 +128,17 @@ def output_model(registry: Registry) -> type[BaseModel]:
                 area=(one_of([area]), ...),
                 type=(one_of([dtype]), ...),
                 action=(one_of([name]), ...),
-                params=(_params_model(f"All{tag}Params", action), ...),
+                params=(_params_model(f"All{tag}Params", action, values), ...),
             )
         )
+    if not items:
+        raise ValueError("a grounded answer model needs at least one device or area")
+    item = any_of(items)
     return create_model(
         "CommandAnswer",
         __base__=_Closed,
-        actions=(list_of(any_of(items)), Field(max_length=MAX_ACTIONS)),
-        say=(str, Field(max_length=MAX_SAY)),
+        actions=(list[item], Field(max_length=MAX_ACTIONS)),  # type: ignore[valid-type]  # noqa: UP007 (a union built at run time)
+        say=(str, Field(max_length=min(say_max, MAX_SAY))),
     )
 
 
@@ -122,12 +148,12 @@ class Resolved:
 
     device: str
     action: str
-    params: Params
+    params: dict[str, Any]
     topic: str | None
     payload: bytes
     needs_confirmation: bool
 
-    def describe(self) -> dict[str, object]:
+    def describe(self) -> dict[str, Any]:
         return {"device": self.device, "action": self.action, "params": self.params}
 
 
@@ -158,7 +184,7 @@ def parse_answer(registry: Registry, model: type[BaseModel], text: str) -> tuple
     return resolved, answer.say  # type: ignore[attr-defined]
 
 
-def _resolve(device: Device, name: str, params: Params) -> Resolved:
+def _resolve(device: Device, name: str, params: dict[str, Any]) -> Resolved:
     action = device.all_actions()[name]
     return Resolved(
         device=device.id,
@@ -170,22 +196,20 @@ def _resolve(device: Device, name: str, params: Params) -> Resolved:
     )
 
 
-def needs_confirmation(action: Action, params: Params) -> bool:
+def needs_confirmation(action: Action, params: dict[str, Any]) -> bool:
     if action.confirm:
         return True
     rule = action.confirm_if
     if rule is None:
         return False
     value = params[rule.param]
-    if isinstance(value, str):  # the registry allows confirm_if on numbers only; never skip it if one slips through
-        return True
     return (rule.above is not None and value > rule.above) or (rule.below is not None and value < rule.below)
 
 
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
 
-def _fill(value: object, params: Params) -> object:
+def _fill(value: Any, params: dict[str, Any]) -> Any:
     if isinstance(value, dict):
         return {k: _fill(v, params) for k, v in value.items()}
     if isinstance(value, list):
@@ -198,7 +222,7 @@ def _fill(value: object, params: Params) -> object:
     return value
 
 
-def render_payload(template: Mapping[str, object] | str, params: Params) -> bytes:
+def render_payload(template: dict[str, Any] | str, params: dict[str, Any]) -> bytes:
     """A dict template becomes JSON with typed values; a string template is filled as text."""
     filled = _fill(template, params)
     return (filled if isinstance(filled, str) else json.dumps(filled, separators=(",", ":"))).encode()

@@ -83,8 +83,10 @@ def device_messages(
     states: Mapping[str, str],
     context: Mapping[str, object] | None = None,
     history: Iterable[Turn] = (),
+    lead: str = "",
 ) -> list[dict[str, str]]:
-    """A device command: registry first (static), then history, then current states and the request."""
+    """A device command: registry first (static), then history, then ``lead`` (the linker's candidates,
+    see :mod:`edged.devices.grounding`), current states and the request."""
     system = f"{DEVICE_SYSTEM}\n\n{device_catalogue(registry)}\n\n{device_examples(registry)}"
     messages = [{"role": "system", "content": system}]
     for turn in history:
@@ -92,5 +94,6 @@ def device_messages(
     known = {d.id for d in registry.devices}
     current = "; ".join(f"{k}: {v}" for k, v in sorted(states.items()) if k in known)
     content = user_content(text, context)
-    messages.append({"role": "user", "content": f"Current states: {current}\n\n{content}" if current else content})
+    head = "\n".join(x for x in (lead, f"Current states: {current}" if current else "") if x)
+    messages.append({"role": "user", "content": f"{head}\n\n{content}" if head else content})
     return messages

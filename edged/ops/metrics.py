@@ -38,6 +38,12 @@ def families(doc: dict[str, Any], info: dict[str, str]) -> Iterator[Metric]:
         for status, count in by_status.items():
             requests.add_metric([kind, status], count)
     yield requests
+    paths = CounterMetricFamily(
+        "edged_commands_resolved", "command results by the layer that resolved them", labels=["resolved_by"]
+    )
+    for layer, count in doc.get("commands_resolved_by", {}).items():
+        paths.add_metric([layer], count)
+    yield paths
     latency = GaugeMetricFamily(
         "edged_request_latency_seconds",
         "total latency of ok results over the stats window",

@@ -16,6 +16,7 @@ from edged.bus.mqtt import Inbound
 from edged.devices.commands import DeviceControl
 from edged.diagnostics.telemetry import TelemetryStore
 from edged.protocol import (
+    AREA_PATTERN,
     ID_PATTERN,
     PRIORITIES,
     AdminRequest,
@@ -173,6 +174,7 @@ class Intake:
                 raise RequestError(
                     ErrorCode.BAD_TYPE, f"client: must match {ID_PATTERN}", id=request.id, reply_to=request.reply_to
                 )
+            request = _with_area(request, msg.user_property("area"))
             if self._limiter is not None and not self._limiter.allow(client):
                 wait_s = self._limiter.retry_after_s(client)
                 log.info("rate_limited", id=request.id, client=client, retry_after_s=round(wait_s, 1))
@@ -293,3 +295,14 @@ def _limiter(settings: RateLimitSettings | None, current: RateLimiter | None) ->
     if current is not None and (current.per_minute, current.burst, current.max_clients) == wanted:
         return current
     return RateLimiter(per_minute=settings.per_minute, burst=settings.burst, max_clients=settings.max_clients)
+
+
+def _with_area(request: Request, asked: str | None) -> Request:
+    """The speaker's area: the request's ``area`` field, else the MQTT 5 user property ``area``."""
+    if request.area is not None or asked is None:
+        return request
+    if not re.fullmatch(AREA_PATTERN, asked):
+        raise RequestError(
+            ErrorCode.BAD_TYPE, "area: 1-64 characters, no control characters", id=request.id, reply_to=request.reply_to
+        )
+    return request.model_copy(update={"area": asked})
