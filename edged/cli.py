@@ -1,4 +1,4 @@
-"""Command line: ``edged run``, ``edged config check``, ``edged model build-test``, ``edged service install``, ``edged demo``, ``edged bench``, ``edged bench-diagnostics``."""
+"""Command line: ``edged run``, ``ask``, ``config check``, ``model``, ``service install``, ``demo``, ``bench``, ``eval``."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import structlog
 from pydantic import ValidationError
 
 from edged import __version__
+from edged import ask as ask_cli
 from edged.engine.blas import preload_blas
 from edged.models import cli as model_cli
 from edged.ops.logs import setup_logging
@@ -41,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--config", type=Path)
 
     model_cli.add_parser(sub)
+    ask_cli.add_parser(sub)
 
     ev = sub.add_parser("eval", help="device-command accuracy over a JSONL set (dry run, same code path as the daemon)")
     ev.add_argument("cases", type=Path, help="JSONL: {text, expect: [{device, action, params}]}")
@@ -163,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "model":
         return model_cli.main(args)
+    if args.command == "ask":
+        return ask_cli.main(args)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # `run` never downloads
     # transformers' import-time advice that PyTorch is missing bypasses our log format; MLX runs the model.
