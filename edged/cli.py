@@ -1,4 +1,4 @@
-"""Command line: ``edged run``, ``ask``, ``config check``, ``model``, ``service install``, ``demo``, ``bench``, ``eval``."""
+"""Command line: ``edged run``, ``ask``, ``config check``, ``model``, ``service``, ``demo``, ``bench``, ``eval``."""
 
 from __future__ import annotations
 
