@@ -125,7 +125,10 @@ class Daemon:
         self.notifier.status(f"connecting to MQTT {s.mqtt.host}:{s.mqtt.port}")
         self.bus.start(self.intake.subscriptions(), watch=self.intake.watched())
         self.notifier.status(f"loading model {s.model.display_name()}")
+        loading = time.monotonic()
         self.engine = self._engine_factory(s)
+        if self.metrics is not None:
+            self.metrics.model_loaded(time.monotonic() - loading)
         sessions = SessionStore(
             max_turns=s.sessions.max_turns,
             max_tokens=s.sessions.max_tokens,
@@ -400,7 +403,7 @@ class Daemon:
         assert self.bus is not None
         result = reply.result
         self.bus.publish(reply.topic, result.to_json(), correlation_data=msg.correlation_data, ack=msg)
-        self.stats.record(result)
+        self._record(result)
         log.info(
             "request_done",
             id=result.id,
@@ -423,7 +426,7 @@ class Daemon:
             ack=job.origin,
             on_confirmed=lambda: self._confirmed(rid, job.reply_topic),
         )
-        self.stats.record(result)
+        self._record(result)
         log.info(
             "request_done",
             id=result.id,
@@ -443,6 +446,11 @@ class Daemon:
         timeout = self.settings.mqtt.publish_timeout_s
         if not busy and not confirmed.wait(timeout):  # worker thread only (busy results come from the network thread)
             log.warning("result_unconfirmed", id=rid, timeout_s=timeout, connected=self.bus.connected.is_set())
+
+    def _record(self, result: Result) -> None:
+        self.stats.record(result)
+        if self.metrics is not None:
+            self.metrics.record(result)
 
     def _confirmed(self, request_id: str, reply_topic: str) -> None:
         """The broker has the result: copies that arrived meanwhile are acknowledged with the original."""
