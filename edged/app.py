@@ -17,7 +17,7 @@ from edged import __version__
 from edged.bus.mqtt import Bus, BusConfig, Inbound
 from edged.devices.commands import DeviceControl
 from edged.devices.confirmations import Confirmations
-from edged.devices.registry import RegistryStore
+from edged.devices.discovery import open_registry
 from edged.devices.state import DeviceStates
 from edged.diagnostics.diagnosis import Diagnostics
 from edged.diagnostics.telemetry import TelemetryStore
@@ -123,7 +123,8 @@ class Daemon:
             on_waiting=self._waiting_for_broker,
         )
         self.notifier.status(f"connecting to MQTT {s.mqtt.host}:{s.mqtt.port}")
-        self.bus.start(self.intake.subscriptions(), watch=self.intake.watched())
+        discovery = self.discovery.topics() if self.discovery else []
+        self.bus.start(self.intake.subscriptions(), watch=[*self.intake.watched(), *discovery])
         self.notifier.status(f"loading model {s.model.display_name()}")
         loading = time.monotonic()
         self.engine = self._engine_factory(s)
@@ -168,14 +169,15 @@ class Daemon:
         self._go_online()
 
     def _device_control(self, s: Settings) -> DeviceControl | None:
-        if s.devices.registry is None:
-            return None
-        store = RegistryStore(
-            s.devices.registry, on_change=lambda _r: self.bus and self.bus.watch(self.intake.watched())
+        store, self.discovery = open_registry(
+            s.devices, on_change=lambda _r: self.bus and self.bus.watch(self.intake.watched())
         )
+        if store is None:
+            return None
         log.info(
             "registry_loaded",
             path=str(s.devices.registry),
+            discover=s.devices.discover,
             version=store.current.version,
             devices=len(store.current.devices),
         )
@@ -351,6 +353,10 @@ class Daemon:
         assert self.bus is not None and self.worker is not None
         if self._stopping.is_set():
             return  # unacknowledged: the broker delivers it again after restart
+        if self.discovery is not None and self.discovery.handles(msg.topic):
+            self.discovery.receive(msg.topic, msg.payload)
+            self.bus.ack(msg)
+            return
         decision = self.intake.decide(msg)
         if decision is None:
             self.bus.ack(msg)

@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
 
     model_cli.add_parser(sub)
     ask_cli.add_parser(sub)
+    from edged.devices.discovery import show as registry_cli
+
+    registry_cli.add_parser(sub)
 
     ev = sub.add_parser("eval", help="device-command accuracy over a JSONL set (dry run, same code path as the daemon)")
     ev.add_argument("cases", type=Path, help="JSONL: {text, expect: [{device, action, params}]}")
@@ -167,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
         return model_cli.main(args)
     if args.command == "ask":
         return ask_cli.main(args)
+    if args.command == "registry":
+        from edged.devices.discovery import show as registry_cli
+
+        return registry_cli.main(args)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # `run` never downloads
     # transformers' import-time advice that PyTorch is missing bypasses our log format; MLX runs the model.

@@ -103,6 +103,9 @@ def output_model(registry: Registry) -> type[BaseModel]:
                 params=(_params_model(f"All{tag}Params", action), ...),
             )
         )
+    if not items:  # no devices (yet, while discovery runs): the only valid answer has no actions
+        say = (str, Field(max_length=MAX_SAY))
+        return create_model("CommandAnswer", __base__=_Closed, actions=(list[str], Field(max_length=0)), say=say)
     item = Union[tuple(items)]  # type: ignore[valid-type]  # noqa: UP007 (a union built at run time)
     return create_model(
         "CommandAnswer",
