@@ -22,7 +22,7 @@ from edged.devices.state import DeviceStates
 from edged.diagnostics.diagnosis import Diagnostics
 from edged.diagnostics.telemetry import TelemetryStore
 from edged.ops.health import SERVING, Monitor, StatusBoard
-from edged.ops.homeassistant import discovery
+from edged.ops.homeassistant import Announcer, BusyFlag, device_config
 from edged.ops.logs import apply_levels
 from edged.ops.metrics import MetricsServer
 from edged.ops.periodic import Periodic
@@ -95,6 +95,8 @@ class Daemon:
         self.board = StatusBoard(publish=self._publish_status, notifier=self.notifier, info=self._identity)
         self.monitor = Monitor(healthy=self._healthy, notifier=self.notifier, on_change=self._health_changed)
         self.stats = Stats(window_s=settings.stats.window_s)
+        self.announcer = Announcer(settings.state_dir)  # Home Assistant discovery
+        self.activity = BusyFlag(lambda on: self._publish_retained(self._topic("busy"), b"ON" if on else b"OFF"))
         self._reloader = Reloader(reload_settings, self._apply, self.notifier) if reload_settings else None
         self.engine: Engine | None = None
         self.service: Service | None = None
@@ -193,6 +195,10 @@ class Daemon:
     def _publish(self, topic: str, payload: bytes) -> None:
         if self.bus is not None:
             self.bus.publish(topic, payload)
+
+    def _publish_retained(self, topic: str, payload: bytes) -> None:
+        if self.bus is not None:
+            self.bus.publish(topic, payload, retain=True)
 
     def _publish_device(self, topic: str, payload: bytes) -> None:
         self._publish(topic, payload)
@@ -314,10 +320,11 @@ class Daemon:
     def _on_connected(self) -> None:
         """Every (re)connect, once subscribed: the status again (and discovery), and online if the model is ready."""
         self.board.republish()
-        ha = self.settings.homeassistant
-        if ha.discovery and self.bus is not None:
-            for topic, payload in discovery(prefix=ha.discovery_prefix, topic=self._topic, **self._device()):
-                self.bus.publish(topic, payload, retain=True)
+        s = self.settings
+        config = device_config(topic=self._topic, base=self.base, reload_button=s.admin.reload_topic, **self._device())
+        prefix, enabled = s.homeassistant.discovery_prefix, s.homeassistant.discovery
+        for topic, payload in self.announcer.messages(enabled=enabled, prefix=prefix, node_id=s.node_id, config=config):
+            self._publish_retained(topic, payload)
         self._go_online()
 
     def _go_online(self) -> None:
@@ -366,7 +373,9 @@ class Daemon:
             self.control.put(decision)  # carried out on the main thread
         elif not self._admit(msg, decision):
             return  # a copy of a request edged knows: answered from the ledger, or acknowledged with the original
-        elif self.worker.submit(decision) is Admission.BUSY:
+        elif (admitted := self.worker.submit(decision)) is Admission.ACCEPTED:
+            self.activity.started()
+        elif admitted is Admission.BUSY:
             result = error_result(
                 decision.request.id or "unknown",
                 ErrorCode.BUSY,
@@ -449,6 +458,8 @@ class Daemon:
             total_ms=result.timing_ms.total,
             queue_depth=self.worker.depth() if self.worker else 0,
         )
+        if not busy:
+            self.activity.finished()
         timeout = self.settings.mqtt.publish_timeout_s
         if not busy and not confirmed.wait(timeout):  # worker thread only (busy results come from the network thread)
             log.warning("result_unconfirmed", id=rid, timeout_s=timeout, connected=self.bus.connected.is_set())
