@@ -16,6 +16,7 @@ from typing import Any
 
 import structlog
 
+from edged.ops.progressbar import progress as progress_bar
 from edged.protocol import Request
 from edged.service.handler import Job, Service
 from edged.service.sessions import SessionStore
@@ -64,7 +65,7 @@ def load_cases(path: Path, registry: Any) -> list[Case]:
 
 def run_cases(service: Service, cases: list[Case], *, progress: bool = True) -> list[Outcome]:
     outcomes = []
-    for i, case in enumerate(cases):
+    for i, case in enumerate(progress_bar(cases, desc="eval", unit="case")):
         request = Request(id=f"eval-{i}", text=case.text, dispatch=False)
         job = Job(
             kind="command",

@@ -18,6 +18,7 @@ from typing import Any
 import structlog
 
 from edged.models.gguf_tokenizer import write_tokenizer
+from edged.ops.progressbar import progress
 
 log = structlog.get_logger("edged.gguf")
 
@@ -124,7 +125,7 @@ def _unpermute(a: Any, n_heads: int) -> Any:
 
 def convert_weights(arch: str, raw: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for i, (name, array) in enumerate(sorted(raw.items())):
+    for i, (name, array) in enumerate(progress(sorted(raw.items()), desc="converting", unit="tensor")):
         target = hf_name(name)
         if arch == "llama" and (".attn_q." in name or ".attn_k." in name):
             heads = config["num_attention_heads"] if ".attn_q." in name else config["num_key_value_heads"]
