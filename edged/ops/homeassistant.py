@@ -112,7 +112,9 @@ def components(topic: Callable[[str], str], base: str, node_id: str, *, reload_b
     available = {"availability": [{"topic": topic("status"), "value_template": SERVING_TEMPLATE}]}
     out: dict[str, Any] = {}
     for object_id, name, source, template, unit, device_class, state_class in SENSORS:
-        extra = {k: v for k, v in (("unit_of_measurement", unit), ("device_class", device_class)) if v is not None}
+        extra: dict[str, Any] = {
+            k: v for k, v in (("unit_of_measurement", unit), ("device_class", device_class)) if v is not None
+        }
         extra.update({"state_class": state_class} if state_class else {})
         extra.update(available if source != "status" else {})
         out[object_id] = _sensor(

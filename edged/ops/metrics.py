@@ -51,9 +51,9 @@ def families(doc: dict[str, Any], info: dict[str, str]) -> Iterator[Metric]:
         ("edged_queue_depth", "requests waiting for the model", doc["queue_depth"]),
         ("edged_prompt_cache_bytes", "bytes held by the engine's prompt cache", doc["cache_bytes"]),
     ]
-    for name, help_text, value in gauges:
+    for gauge, help_text, value in gauges:
         if value is not None:
-            yield GaugeMetricFamily(name, help_text, value=value)
+            yield GaugeMetricFamily(gauge, help_text, value=value)
     yield CounterMetricFamily("edged_mqtt_reconnects", "reconnections to the broker", value=doc["reconnects"])
 
 

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import IO, Any, TypeVar
 
-from tqdm import tqdm
+from tqdm import tqdm  # type: ignore[import-untyped]
 
 ENV = "EDGED_PROGRESS"
 T = TypeVar("T")
