@@ -13,6 +13,7 @@ from edged.devices.discovery import open_registry
 from edged.devices.discovery.merge import Merged
 from edged.devices.discovery.store import DiscoveringStore
 from edged.devices.prompts import actions_text
+from edged.devices.registry import Action
 
 
 def add_parser(sub: Any) -> None:
@@ -54,10 +55,21 @@ def describe(merged: Merged) -> list[str]:
         lines.append(f"{area.id} ({area.name}):")
         for d in devices:
             lines.append(f"  {d.id} [{d.type}, {merged.sources.get(d.id, 'file')}] {d.name}: {actions_text(d)}")
-            confirm = [n for n, a in d.all_actions().items() if a.confirm or a.confirm_if]
+            confirm = [_confirm_text(n, a) for n, a in d.all_actions().items() if a.confirm or a.confirm_if]
             if confirm:
                 lines.append(f"      needs confirmation: {', '.join(confirm)}")
     return lines
+
+
+def _confirm_text(name: str, action: Action) -> str:
+    rule = action.confirm_if
+    if action.confirm or rule is None:
+        return name
+    limits = [
+        f"{rule.param} > {rule.above:g}" if rule.above is not None else "",
+        f"{rule.param} < {rule.below:g}" if rule.below is not None else "",
+    ]
+    return f"{name} ({' or '.join(x for x in limits if x)})"
 
 
 def main(args: argparse.Namespace, out: IO[str] | None = None) -> int:
