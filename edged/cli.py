@@ -1,4 +1,5 @@
-"""Command line: ``edged run``, ``ask``, ``config check``, ``model``, ``service``, ``demo``, ``bench``, ``eval``."""
+"""Command line: ``edged run``, ``ask``, ``registry show``, ``config check``, ``model``, ``service install``,
+``demo``, ``eval``, ``bench``, ``bench-diagnostics``."""
 
 from __future__ import annotations
 

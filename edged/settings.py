@@ -39,7 +39,8 @@ DEFAULT_CONFIG_PATHS = (Path("/etc/edged/edged.toml"), Path("~/.config/edged/edg
 
 
 def default_state_dir(environ: dict[str, str] | None = None) -> Path:
-    """``$STATE_DIRECTORY`` (systemd ``StateDirectory=``), else ``$XDG_STATE_HOME/edged``, else ``~/.local/state/edged``."""
+    """The state directory: ``$STATE_DIRECTORY`` (systemd ``StateDirectory=``), else ``$XDG_STATE_HOME/edged``,
+    else ``~/.local/state/edged``."""
     env = os.environ if environ is None else environ
     if env.get("STATE_DIRECTORY"):
         return Path(env["STATE_DIRECTORY"].split(":")[0])
@@ -284,7 +285,8 @@ class RequestSettings(_Section):
     include_reasoning: bool = Field(False, description="put the thinking text in results by default")
     rate_limit: RateLimitSettings | None = Field(
         None,
-        description="per-client token bucket (client field or MQTT 5 user property); requests without one share a bucket",
+        description="per-client token bucket (client field or MQTT 5 user property); "
+        "requests without one share a bucket",
     )
 
 
@@ -417,7 +419,7 @@ class Settings(BaseSettings):
         return self.base_topic or f"edged/{self.node_id}"
 
     def instance_topic(self, name: str) -> str:
-        """A topic of this instance (status, stats): ``{base}/{name}``, or ``{base}/{name}/{node_id}`` in a shared group."""
+        """This instance's topic (status, stats): ``{base}/{name}``; ``{base}/{name}/{node_id}`` in a shared group."""
         return f"{self.base}/{name}/{self.node_id}" if self.mqtt.shared_group else f"{self.base}/{name}"
 
     @property

@@ -164,7 +164,8 @@ def test_jump_forward_counts_forced_tokens_and_changes_nothing(smol_engine, text
     )
     print(
         f"\n{text!r}: completion={jumped.completion_tokens} forced={jumped.forced_tokens} "
-        f"sampled={jumped.completion_tokens - jumped.forced_tokens} steps={jumped.steps} (without jump-forward: {stepped.steps})"
+        f"sampled={jumped.completion_tokens - jumped.forced_tokens} steps={jumped.steps} "
+        f"(without jump-forward: {stepped.steps})"
     )
     assert jumped.forced_tokens > 0 and stepped.forced_tokens == 0
     assert jumped.steps < stepped.steps

@@ -69,7 +69,8 @@ def main() -> None:
         print(f"measured blas={blas} dtype={dtype}", file=sys.stderr, flush=True)
     base = rows[0]["total_s"]
     print(
-        f"{'blas':6} {'weights':8} {'prompt':>6} {'new':>4} {'prefill s':>9} {'decode s':>8} {'total s':>8} {'speed-up':>8}"
+        f"{'blas':6} {'weights':8} {'prompt':>6} {'new':>4} "
+        f"{'prefill s':>9} {'decode s':>8} {'total s':>8} {'speed-up':>8}"
     )
     for r in rows:
         print(

@@ -238,7 +238,8 @@ def run(args: argparse.Namespace) -> int:
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     machine = f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores"
     doc = {
-        "title": f"edged bench: {model.name} on {args.registry.name} ({devices} devices, prompt ~{edged['usage_p50']['prompt_tokens']} tokens), "
+        "title": f"edged bench: {model.name} on {args.registry.name} "
+        f"({devices} devices, prompt ~{edged['usage_p50']['prompt_tokens']} tokens), "
         f"seed {args.seed}, {when}, {machine}",
         "meta": {
             "date": when,

@@ -7,13 +7,13 @@ the caller's client send at once; the broker needs the same (Mosquitto: ``set_tc
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from typing import Any
 
 
 def no_delay(_client: Any, _userdata: Any, sock: Any) -> None:
     """paho ``on_socket_open`` callback: turn Nagle's algorithm off on the new connection."""
-    try:
+    # Not a TCP socket (e.g. a unix socket or websockets wrapper): nothing to turn off.
+    with contextlib.suppress(OSError, AttributeError):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except (OSError, AttributeError):  # not a TCP socket (e.g. a unix socket or websockets wrapper)
-        pass

@@ -126,12 +126,10 @@ def _info(args: argparse.Namespace) -> int:
     print(f"path            {info['path']}")
     print(f"architecture    {info['architecture']}, {info['parameters'] / 1e6:.1f}M parameters")
     print(f"quantisation    {info['quantization']}; {info['size_on_disk_bytes'] / gb:.2f} GB on disk")
-    print(
-        f"context         {info['context_length']} tokens native ({info['context_length_yarn']} with model.long_context)"
-    )
+    yarn = info["context_length_yarn"]
+    print(f"context         {info['context_length']} tokens native ({yarn} with model.long_context)")
     print(f"thinking        {'yes (Qwen3-style enable_thinking and <think> tokens)' if info['thinking'] else 'no'}")
     print(f"weights at load {info['weights_at_load']}: {info['weights_reason']}")
-    print(
-        f"memory          ~{info['estimated_memory_bytes'] / gb:.2f} GB at {info['estimated_at_context']} tokens of context"
-    )
+    memory_gb = info["estimated_memory_bytes"] / gb
+    print(f"memory          ~{memory_gb:.2f} GB at {info['estimated_at_context']} tokens of context")
     return 0

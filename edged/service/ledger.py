@@ -151,7 +151,8 @@ class Ledger:
                 self._db.execute("DELETE FROM requests WHERE id=? AND reply_topic=?", (request_id, reply_topic))
             else:
                 self._db.execute(
-                    "INSERT INTO requests (id, reply_topic, state, run, sent, result, updated) VALUES (?, ?, 'done', ?, 0, ?, ?) "
+                    "INSERT INTO requests (id, reply_topic, state, run, sent, result, updated) "
+                    "VALUES (?, ?, 'done', ?, 0, ?, ?) "
                     "ON CONFLICT (id, reply_topic) DO UPDATE SET state='done', run=excluded.run, sent=0, "
                     "result=excluded.result, updated=excluded.updated",  # keeps the digest
                     (request_id, reply_topic, self.run, result, self._clock()),
@@ -205,7 +206,8 @@ class Ledger:
             self._new_since_prune = 0
             gone = self._db.execute("DELETE FROM requests WHERE updated < ?", (cutoff,)).rowcount
             gone += self._db.execute(
-                "DELETE FROM requests WHERE rowid IN (SELECT rowid FROM requests ORDER BY updated DESC LIMIT -1 OFFSET ?)",
+                "DELETE FROM requests WHERE rowid IN "
+                "(SELECT rowid FROM requests ORDER BY updated DESC LIMIT -1 OFFSET ?)",
                 (self.max_rows,),
             ).rowcount
             self._db.execute(
