@@ -171,14 +171,14 @@ def main(argv: list[str] | None = None) -> int:
         return model_cli.main(args)
     if args.command == "ask":
         return ask_cli.main(args)
-    if args.command == "registry":
-        from edged.devices.discovery import show as registry_cli
-
-        return registry_cli.main(args)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # `run` never downloads
     # transformers' import-time advice that PyTorch is missing bypasses our log format; MLX runs the model.
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    if args.command == "registry":
+        from edged.devices.discovery import show as registry_cli
+
+        return registry_cli.main(args)
     if args.command == "eval":
         return _eval(args)
     if args.command == "simulate":

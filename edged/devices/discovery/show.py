@@ -73,9 +73,11 @@ def _confirm_text(name: str, action: Action) -> str:
 
 
 def main(args: argparse.Namespace, out: IO[str] | None = None) -> int:
+    from edged.ops.logs import setup_logging
     from edged.settings import load_settings
 
     out = out or sys.stdout
+    setup_logging("warning", "console", stream=sys.stderr)  # stdout is the registry
     s = load_settings(args.config)
     store, watcher = open_registry(s.devices, on_change=lambda _r: None)
     if store is None:
