@@ -110,6 +110,14 @@ def components(topic: Callable[[str], str], base: str, node_id: str, *, reload_b
     uid = f"edged_{node_id}"
     eid = uid.replace("-", "_")  # entity ids are [a-z0-9_]; node ids may hold "-"
     available = {"availability": [{"topic": topic("status"), "value_template": SERVING_TEMPLATE}]}
+    return {
+        **_health(topic, uid, eid, available),
+        **_conversation(topic, base, uid, eid, available),
+        **_controls(topic, base, uid, eid, available, reload_button=reload_button),
+    }
+
+
+def _health(topic: Callable[[str], str], uid: str, eid: str, available: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for object_id, name, source, template, unit, device_class, state_class in SENSORS:
         extra: dict[str, Any] = {
@@ -120,7 +128,15 @@ def components(topic: Callable[[str], str], base: str, node_id: str, *, reload_b
         out[object_id] = _sensor(
             f"{uid}_{object_id}", f"sensor.{eid}_{object_id}", name, topic(source), template, extra
         )
+    return out
+
+
+def _conversation(
+    topic: Callable[[str], str], base: str, uid: str, eid: str, available: dict[str, Any]
+) -> dict[str, Any]:
+    """The command text entity and what shows its answers."""
     results = f"{base}/{RESULT_SUFFIX}"
+    out: dict[str, Any] = {}
     out["command"] = {
         "platform": "text",
         "name": "Command",
@@ -156,6 +172,14 @@ def components(topic: Callable[[str], str], base: str, node_id: str, *, reload_b
         " 'timing_ms': value_json.get('timing_ms')} | tojson }}",
         **available,
     }
+    return out
+
+
+def _controls(
+    topic: Callable[[str], str], base: str, uid: str, eid: str, available: dict[str, Any], *, reload_button: bool
+) -> dict[str, Any]:
+    """Busy, problem and the reload button."""
+    out: dict[str, Any] = {}
     out["busy"] = {
         "platform": "binary_sensor",
         "name": "Busy",
