@@ -158,3 +158,15 @@ def test_retained_configs_are_cleared_when_discovery_is_off_or_the_node_renamed(
     )
     start_daemon(settings)
     assert retained(client_for, f"{prefix}/#") == {}
+
+
+def test_a_hub_that_never_used_discovery_publishes_nothing_there(start_daemon, tiny_model_dir, client_for, prefix):
+    """Discovery off and nothing remembered: edged leaves the discovery prefix alone (even a lookalike config)."""
+    node = f"t-{uuid.uuid4().hex[:8]}"
+    lookalike = f"{prefix}/sensor/edged_{node}/uptime/config"
+    client_for("unused").publish(lookalike, b'{"name": "Uptime"}', retain=True)
+    settings = make_settings(
+        tiny_model_dir, node_id=node, homeassistant={"discovery": False, "discovery_prefix": prefix}
+    )
+    start_daemon(settings)
+    assert list(retained(client_for, f"{prefix}/#")) == [lookalike]

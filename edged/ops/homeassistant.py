@@ -260,7 +260,8 @@ class Announcer:
         with self._lock:
             before = self.remembered()
             if before is None:  # first run of this version: earlier per-entity configs of this node may be retained
-                before = [f"{prefix}/sensor/edged_{node_id}/{object_id}/config" for object_id in LEGACY_SENSORS]
+                legacy = [f"{prefix}/sensor/edged_{node_id}/{object_id}/config" for object_id in LEGACY_SENSORS]
+                before = legacy if enabled else []  # never touch the prefix of a hub that never used discovery
             now = {config_topic(prefix, node_id): json.dumps(config).encode()} if enabled else {}
             stale = [t for t in before if t not in now]
             self._remember(list(now))
