@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import ssl
 import sys
 import time
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ class Target:
     port: int
     username: str | None = None
     password: str | None = None
+    tls: ssl.SSLContext | None = None
 
 
 def target(args: argparse.Namespace) -> Target:
@@ -64,7 +66,9 @@ def target(args: argparse.Namespace) -> Target:
     if args.node:
         s = s.model_copy(update={"node_id": sanitise_node_id(args.node)})
     base = args.base or (f"edged/{s.node_id}" if args.node else s.base)
-    return Target(base, args.host or s.mqtt.host, args.port or s.mqtt.port, s.mqtt.username, s.mqtt.resolved_password())
+    tls = s.mqtt.tls.context() if s.mqtt.tls.enabled else None
+    host, port = args.host or s.mqtt.host, args.port or s.mqtt.port
+    return Target(base, host, port, s.mqtt.username, s.mqtt.resolved_password(), tls)
 
 
 def request_body(args: argparse.Namespace, request_id: str) -> tuple[str, dict[str, Any]]:
@@ -204,7 +208,12 @@ def main(args: argparse.Namespace, *, out: IO[str] | None = None, err: IO[str] |
     kind, body = request_body(args, new_id())
     try:
         with EdgedClient(
-            where.base, host=where.host, port=where.port, username=where.username, password=where.password
+            where.base,
+            host=where.host,
+            port=where.port,
+            username=where.username,
+            password=where.password,
+            tls=where.tls,
         ) as client:
             result = exchange(client, kind, body, args.timeout, ProgressLine(err))
     except (OSError, TimeoutError, PermissionError) as exc:
