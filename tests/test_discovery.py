@@ -263,3 +263,10 @@ def test_registry_show_prints_the_merged_registry_with_sources(broker, private_t
     doc = json.loads(out.getvalue())
     assert {d["id"]: d["source"] for d in doc["devices"]}["heat_pump"] == "homeassistant"
     assert load_registry(SMALL).version  # the file itself is untouched
+
+
+def test_a_cover_whose_device_class_is_a_gate_asks_first():
+    """The cover's device_class (dev_cla) counts like its name: a gate named 'Side entrance' still asks."""
+    config = {"name": "Side entrance", "cmd_t": "yard/side/set", "dev_cla": "gate", "uniq_id": "side_1"}
+    (found,) = homeassistant.from_config("homeassistant/cover/side/config", config, "homeassistant", Policy())
+    assert all(a.confirm for a in found.device.all_actions().values())

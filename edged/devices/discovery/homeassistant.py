@@ -26,9 +26,12 @@ ABBREVIATIONS = {
     "cmd_t": "command_topic",
     "cmps": "components",
     "dev": "device",
+    "dev_cla": "device_class",
+    "ent_cat": "entity_category",
     "max_mirs": "max_mireds",
     "min_mirs": "min_mireds",
     "mode_cmd_t": "mode_command_topic",
+    "mode_stat_t": "mode_state_topic",
     "o": "origin",
     "p": "platform",
     "pct_cmd_t": "percentage_command_topic",
@@ -47,6 +50,9 @@ ABBREVIATIONS = {
     "spd_rng_min": "speed_range_min",
     "stat_t": "state_topic",
     "temp_cmd_t": "temperature_command_topic",
+    "temp_stat_t": "temperature_state_topic",
+    "unit_of_meas": "unit_of_measurement",
+    "val_tpl": "value_template",
     "uniq_id": "unique_id",
 }
 DEVICE_ABBREVIATIONS = {"ids": "identifiers", "mf": "manufacturer", "mdl": "model", "sa": "suggested_area"}
@@ -116,7 +122,7 @@ def _entity(platform: str, key: str, c: Json, policy: Policy) -> list[Discovered
         type=kind,  # type: ignore[arg-type]
         command_topic=command,
         state_topic=c.get("state_topic") if isinstance(c.get("state_topic"), str) else None,
-        actions=guarded(kind, [name, str(c.get("unique_id", ""))], actions, policy),
+        actions=guarded(kind, [name, str(c.get("unique_id", "")), str(c.get("device_class", ""))], actions, policy),
         remove_actions=sorted(set(TYPE_ACTIONS[kind]) - set(actions)),
     )
     area = device.get("suggested_area")
