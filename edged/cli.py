@@ -1,5 +1,5 @@
-"""Command line: ``edged run``, ``edged config check``, ``edged model build-test``, ``edged service install``,
-``edged demo``, ``edged bench``, ``edged bench-diagnostics``."""
+"""Command line: ``edged run``, ``ask``, ``registry show``, ``config check``, ``model``, ``service install``,
+``demo``, ``eval``, ``bench``, ``bench-diagnostics``."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import structlog
 from pydantic import ValidationError
 
 from edged import __version__
+from edged import ask as ask_cli
 from edged.engine.blas import preload_blas
 from edged.models import cli as model_cli
 from edged.ops.logs import setup_logging
@@ -42,6 +43,10 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--config", type=Path)
 
     model_cli.add_parser(sub)
+    ask_cli.add_parser(sub)
+    from edged.devices.discovery import show as registry_cli
+
+    registry_cli.add_parser(sub)
 
     ev = sub.add_parser("eval", help="device-command accuracy over a JSONL set (dry run, same code path as the daemon)")
     ev.add_argument("cases", type=Path, help="JSONL: {text, expect: [{device, action, params}]}")
@@ -174,10 +179,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "model":
         return model_cli.main(args)
+    if args.command == "ask":
+        return ask_cli.main(args)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # `run` never downloads
     # transformers' import-time advice that PyTorch is missing bypasses our log format; MLX runs the model.
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    if args.command == "registry":
+        from edged.devices.discovery import show as registry_cli
+
+        return registry_cli.main(args)
     if args.command == "eval":
         return _eval(args)
     if args.command == "simulate":

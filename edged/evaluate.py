@@ -25,6 +25,7 @@ from edged.devices.commands import DeviceControl
 from edged.devices.registry import Registry
 from edged.devices.state import DeviceStates
 from edged.engine.types import Done, Generation, GenerationRequest
+from edged.ops.progressbar import progress as progress_bar
 from edged.protocol import Request, Result
 from edged.service.handler import Job, Service
 from edged.service.sessions import SessionStore
@@ -110,7 +111,7 @@ def run_cases(
     service: Service, cases: list[Case], *, control: DeviceControl | None = None, progress: bool = True
 ) -> list[Outcome]:
     outcomes = []
-    for i, case in enumerate(cases):
+    for i, case in enumerate(progress_bar(cases, desc="eval", unit="case")):
         _set_states(control, case.state)
         result = service.handle(_job(i, case))
         got = _actions(result)

@@ -301,6 +301,15 @@ class DeviceSettings(_Section):
     registry: Path | None = Field(None, description="device registry TOML; commands need one to control devices")
     dispatch: bool = Field(True, description="publish device commands; false = dry run (per request: dispatch)")
     confirm_ttl_s: float = Field(120, gt=0, description="how long a needs_confirmation token stays valid")
+    discover: list[Literal["zigbee2mqtt", "homeassistant"]] = Field(
+        default_factory=list,
+        description="also take devices from zigbee2mqtt's bridge/devices and Home Assistant MQTT discovery",
+    )
+    zigbee2mqtt_base: str = Field("zigbee2mqtt", description="zigbee2mqtt's base topic")
+    homeassistant_prefix: str = Field("homeassistant", description="Home Assistant's discovery prefix")
+    confirm_setpoint_above: float = Field(
+        25.0, description="discovered climate devices: a setpoint above this (°C) needs confirmation"
+    )
 
     @field_validator("registry")
     @classmethod

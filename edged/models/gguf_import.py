@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from edged.models.gguf_tokenizer import write_tokenizer
+from edged.ops.progressbar import progress
 
 if TYPE_CHECKING:
     import mlx.core as mx
@@ -127,7 +128,7 @@ def _unpermute(a: mx.array, n_heads: int) -> mx.array:
 
 def convert_weights(arch: str, raw: dict[str, mx.array], config: dict[str, Any]) -> dict[str, mx.array]:
     out: dict[str, mx.array] = {}
-    for i, (name, array) in enumerate(sorted(raw.items())):
+    for i, (name, array) in enumerate(progress(sorted(raw.items()), desc="converting", unit="tensor")):
         target = hf_name(name)
         if arch == "llama" and (".attn_q." in name or ".attn_k." in name):
             heads = config["num_attention_heads"] if ".attn_q." in name else config["num_key_value_heads"]

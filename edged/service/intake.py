@@ -46,7 +46,7 @@ EVERY_INSTANCE = (
     "confirm",
     "cancel",
 )  # in a shared group these reach every instance: tokens and running requests are local
-OWN_TOPICS = {"status", "stats"}  # published by edged itself under {base}/
+OWN_TOPICS = {"status", "stats", "busy"}  # published by edged itself under {base}/
 ADMIN_ACTIONS = {"admin/reload": "reload"}
 DEFAULT_PRIORITY: dict[str, Priority] = {"command": "high", "query": "normal"}
 
