@@ -165,7 +165,7 @@ def _resolve(device: Device, name: str, params: Params) -> Resolved:
         action=name,
         params=params,
         topic=action.topic or device.command_topic,
-        payload=render_payload(action.payload, params),
+        payload=render_payload(action.payload, action.template_values(params)),
         needs_confirmation=needs_confirmation(action, params),
     )
 
