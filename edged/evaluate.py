@@ -35,7 +35,9 @@ class Case:
 
 
 @dataclass(frozen=True)
-class Outcome:
+class CaseResult:
+    """How the model did on one evaluation case."""
+
     case: Case
     got: frozenset[tuple[str, str, str]]
     valid: bool  # the answer parsed and matched the registry schema
@@ -73,7 +75,7 @@ def _actions(result: Result) -> frozenset[tuple[str, str, str]]:
     return frozenset(_key(a["device"], a["action"], a["params"]) for a in items if isinstance(a, dict))
 
 
-def run_cases(service: Service, cases: list[Case], *, progress: bool = True) -> list[Outcome]:
+def run_cases(service: Service, cases: list[Case], *, progress: bool = True) -> list[CaseResult]:
     outcomes = []
     for i, case in enumerate(cases):
         request = Request(id=f"eval-{i}", text=case.text, dispatch=False)
@@ -90,7 +92,7 @@ def run_cases(service: Service, cases: list[Case], *, progress: bool = True) -> 
         valid = not (result.error and result.error.code.value in ("invalid_answer", "generation_failed"))
         correct = valid and (got == case.expect if case.expect else result.status == "rejected")
         outcomes.append(
-            Outcome(
+            CaseResult(
                 case,
                 got,
                 valid,
@@ -106,7 +108,7 @@ def run_cases(service: Service, cases: list[Case], *, progress: bool = True) -> 
     return outcomes
 
 
-def summarise(outcomes: list[Outcome]) -> dict[str, Any]:
+def summarise(outcomes: list[CaseResult]) -> dict[str, Any]:
     by_kind: dict[str, list[bool]] = defaultdict(list)
     for o in outcomes:
         by_kind[o.case.kind].append(o.correct)

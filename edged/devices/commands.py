@@ -25,7 +25,10 @@ Claim = Callable[[str, str, list[tuple[str, bytes]]], list[tuple[str, bytes]] | 
 
 
 @dataclass
-class Outcome:
+class DeviceResult:
+    """What a device command or confirmation came to: its status and result object, the error if any,
+    and the actions sent to devices."""
+
     status: Status
     result: dict[str, object]
     code: str | None = None
@@ -74,7 +77,7 @@ class DeviceControl:
 
     def outcome(
         self, registry: Registry, request_id: str, answer: str, *, dispatch: bool | None, reply_topic: str = ""
-    ) -> Outcome:
+    ) -> DeviceResult:
         model, _ = self.schema_for(registry)
         if not self.constrain:  # give free text the benefit of the doubt: the outermost {...}
             start, end = answer.find("{"), answer.rfind("}")
@@ -82,9 +85,11 @@ class DeviceControl:
         try:
             actions, say = parse_answer(registry, model, answer)
         except InvalidAnswer as exc:  # e.g. cut short by max_tokens: never guess
-            return Outcome("rejected", {"actions": [], "text": answer}, "invalid_answer", str(exc))
+            return DeviceResult("rejected", {"actions": [], "text": answer}, "invalid_answer", str(exc))
         if not actions:
-            return Outcome("rejected", {"actions": [], "say": say}, "not_understood", say or "no device action found")
+            return DeviceResult(
+                "rejected", {"actions": [], "say": say}, "not_understood", say or "no device action found"
+            )
         send = self._dispatch_default if dispatch is None else dispatch
         held = [a for a in actions if a.needs_confirmation]
         now = [a for a in actions if not a.needs_confirmation and send and a.topic]
@@ -100,24 +105,26 @@ class DeviceControl:
         if earlier is not None:
             result["already_dispatched"] = [{"topic": t, "payload": p.decode(errors="replace")} for t, p in earlier]
         if not held or not send:  # a dry run only shows which actions would need confirmation
-            return Outcome("ok", result, dispatched=now)
+            return DeviceResult("ok", result, dispatched=now)
         token = self.confirmations.hold(request_id, held)
         result["confirmation"] = {
             "token": token,
             "expires_in_s": self.confirmations.ttl_s,
             "actions": [a.describe() for a in held],
         }
-        return Outcome("needs_confirmation", result, dispatched=now)
+        return DeviceResult("needs_confirmation", result, dispatched=now)
 
-    def confirm(self, token: str) -> Outcome:
+    def confirm(self, token: str) -> DeviceResult:
         """Dispatch exactly the actions held under ``token``, once."""
         try:
             pending = self.confirmations.redeem(token)
         except TokenError as exc:
-            return Outcome("error", {}, exc.code, str(exc))
+            return DeviceResult("error", {}, exc.code, str(exc))
         for action in pending.actions:
             if action.topic:
                 self._publish(action.topic, action.payload)
         listed = [{**a.describe(), "dispatched": bool(a.topic)} for a in pending.actions]
         log.info("confirmed", request=pending.request_id, actions=len(listed))
-        return Outcome("ok", {"confirmed": pending.request_id, "actions": listed}, dispatched=list(pending.actions))
+        return DeviceResult(
+            "ok", {"confirmed": pending.request_id, "actions": listed}, dispatched=list(pending.actions)
+        )
