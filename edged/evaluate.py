@@ -19,8 +19,9 @@ import structlog
 
 from edged.devices.commands import DeviceControl
 from edged.devices.registry import Registry
+from edged.engine.types import Engine
 from edged.protocol import Request, Result
-from edged.service.handler import Engine, Job, Service
+from edged.service.handler import Job, Service
 from edged.service.sessions import SessionStore
 from edged.settings import ModelSettings
 

@@ -25,7 +25,7 @@ MAX_DEADLINE_MS = 24 * 3600 * 1000
 Kind = Literal["command", "query", "confirm"]
 Mode = Literal["no_think", "think"]
 Priority = Literal["high", "normal", "low"]  # scheduling class; commands default to high, queries to normal
-PRIORITIES: tuple[str, ...] = get_args(Priority)
+PRIORITIES: tuple[Priority, ...] = get_args(Priority)  # most urgent first: the engine's scheduler serves them so
 Status = Literal["ok", "error", "rejected", "needs_confirmation", "timeout"]
 _M = TypeVar("_M", bound=BaseModel)
 # A JSON document as json.loads returns it; read one with isinstance checks, or validate it with a model.

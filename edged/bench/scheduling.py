@@ -24,7 +24,8 @@ preload_blas("auto")  # as `edged run` does, before anything imports mlx
 from edged.devices.actions import output_model  # noqa: E402
 from edged.devices.prompts import device_messages  # noqa: E402
 from edged.devices.registry import load_registry  # noqa: E402
-from edged.engine.mlx import Generation, MlxEngine  # noqa: E402
+from edged.engine.mlx import MlxEngine  # noqa: E402
+from edged.engine.types import Generation  # noqa: E402
 from edged.models.store import ensure_demo_model  # noqa: E402
 from edged.prompts import build_messages  # noqa: E402
 from edged.settings import ModelSettings, NoThinkSampling  # noqa: E402
