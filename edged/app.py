@@ -38,7 +38,7 @@ from edged.service.inbox import Inbox
 from edged.service.intake import Admin, Intake
 from edged.service.ledger import Ledger, ledger_path
 from edged.service.progress import Cancellations, ProgressReporter
-from edged.service.reload import Outcome, Reloader
+from edged.service.reload import Reloader, ReloadPlan
 from edged.service.sessions import SessionStore
 from edged.service.worker import Worker
 from edged.settings import Settings
@@ -280,10 +280,10 @@ class Daemon:
             except queue.Empty:
                 continue
 
-    def reload(self, admin: Admin | None = None) -> Outcome:
+    def reload(self, admin: Admin | None = None) -> ReloadPlan:
         """Re-read the configuration: apply what can change now, keep the rest, keep everything on error."""
         if self._reloader is None:
-            outcome = Outcome(self.settings, error="edged was started without a configuration source to reload")
+            outcome = ReloadPlan(self.settings, error="edged was started without a configuration source to reload")
         else:
             outcome = self._reloader(self.settings)
         if admin is not None and self.bus is not None:

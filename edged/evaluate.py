@@ -46,7 +46,7 @@ class Case:
 
 
 @dataclass(frozen=True)
-class Outcome:
+class CaseResult:
     case: Case
     got: frozenset[Key]
     valid: bool  # the answer parsed and matched the registry schema
@@ -109,7 +109,7 @@ def _set_states(control: DeviceControl | None, state: dict[str, dict[str, Any]])
 
 def run_cases(
     service: Service, cases: list[Case], *, control: DeviceControl | None = None, progress: bool = True
-) -> list[Outcome]:
+) -> list[CaseResult]:
     outcomes = []
     for i, case in enumerate(progress_bar(cases, desc="eval", unit="case")):
         _set_states(control, case.state)
@@ -118,7 +118,7 @@ def run_cases(
         valid = not (result.error and result.error.code.value in ("invalid_answer", "generation_failed"))
         correct = valid and (got == case.expect if case.expect else result.status == "rejected")
         outcomes.append(
-            Outcome(
+            CaseResult(
                 case,
                 got,
                 valid,
@@ -140,7 +140,7 @@ def _rate(values: Sequence[bool]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def summarise(outcomes: list[Outcome]) -> dict[str, Any]:
+def summarise(outcomes: list[CaseResult]) -> dict[str, Any]:
     by_kind: dict[str, list[bool]] = defaultdict(list)
     by_path: dict[str, list[bool]] = defaultdict(list)
     for o in outcomes:
@@ -225,7 +225,7 @@ def evaluate(
     cases: list[Case],
     *,
     modes: list[str],
-    outcomes: dict[str, list[Outcome]] | None = None,
+    outcomes: dict[str, list[CaseResult]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """One summary per run in ``modes`` (names from RUNS); ``outcomes`` collects the cases' records."""
     rows = {}
@@ -248,7 +248,7 @@ def evaluate(
 
 
 def grounding_comparison(
-    engine: Any, model_settings: Any, control_factory: Callable[..., DeviceControl], pipeline: list[Outcome]
+    engine: Any, model_settings: Any, control_factory: Callable[..., DeviceControl], pipeline: list[CaseResult]
 ) -> dict[str, dict[str, Any]]:
     """Model-path accuracy on the cases the pipeline left to the model: grounded (as run) vs plain."""
     left = [o for o in pipeline if o.resolved_by == "model"]
@@ -303,7 +303,7 @@ def cli_eval(args: Any, settings: Any) -> int:
     modes = ["pipeline", "model only"] if args.compare else ["pipeline"]
     if args.runs:
         modes = [m.strip() for m in args.runs.split(",") if m.strip()]
-    outcomes: dict[str, list[Outcome]] = {}
+    outcomes: dict[str, list[CaseResult]] = {}
     rows = evaluate(engine, model, control, cases, modes=modes, outcomes=outcomes)
     print(f"{engine.name} on {args.registry.name}, {args.cases.name}: {len(cases)} cases, greedy")
     print_table(rows)

@@ -31,7 +31,7 @@ def test_plan_applies_runtime_settings_and_keeps_restart_only_ones():
     assert outcome.ok and outcome.restart_required == ["mqtt.host", "requests.queue_size"]
     assert outcome.applied == [
         "log.level",
-        "log.levels.edged.bus.mqtt",
+        "log.levels.edged.bus",
         "model.no_think.max_tokens",
         "model.no_think.temperature",
         "requests.max_text_chars",

@@ -29,7 +29,10 @@ Claim = Callable[[str, str, list[tuple[str, bytes]]], list[tuple[str, bytes]] | 
 
 
 @dataclass
-class Outcome:
+class DeviceResult:
+    """What a device command or confirmation came to: its status and result object, the error if any,
+    and the actions sent to devices."""
+
     status: Status
     result: dict[str, Any]
     code: str | None = None
@@ -103,7 +106,7 @@ class DeviceControl:
         area: str | None = None,
         dispatch: bool | None,
         reply_topic: str = "",
-    ) -> Outcome | None:
+    ) -> DeviceResult | None:
         """The finished outcome of a command that needs no generation, else None (ask the model).
 
         Resolved by templates or rules: validated, confirmed and dispatched exactly like a model
@@ -132,7 +135,7 @@ class DeviceControl:
         log.info("command_resolved", id=request_id, resolved_by=proposal.resolved_by, intent=resolution.intent)
         return outcome
 
-    def _unlinked(self, registry: Registry, command: CommandContext) -> Outcome | None:
+    def _unlinked(self, registry: Registry, command: CommandContext) -> DeviceResult | None:
         """Refuse a command whose words name no device or area of the registry (needs the linker)."""
         if not self.commands.grounded or not knows_words_of(command.language):
             return None
@@ -140,7 +143,7 @@ class DeviceControl:
         if grounding is None or not grounding.names_nothing_here:
             return None
         say = "That is not something the devices here can do."
-        return Outcome("rejected", {"actions": [], "say": say, "resolved_by": "rules"}, "not_understood", say)
+        return DeviceResult("rejected", {"actions": [], "say": say, "resolved_by": "rules"}, "not_understood", say)
 
     def prepare(
         self,
@@ -199,7 +202,7 @@ class DeviceControl:
         reply_topic: str = "",
         resolved_by: ResolvedBy = "model",
         command: CommandContext | None = None,
-    ) -> Outcome:
+    ) -> DeviceResult:
         """Validate an answer and dispatch it; ``command``: the model's request, checked against its linking."""
         model, _ = self.schema_for(registry)
         if (
@@ -210,14 +213,14 @@ class DeviceControl:
         try:
             actions, say = parse_answer(registry, model, answer)
         except InvalidAnswer as exc:  # e.g. cut short by max_tokens: never guess
-            return Outcome(
+            return DeviceResult(
                 "rejected", {"actions": [], "text": answer, "resolved_by": resolved_by}, "invalid_answer", str(exc)
             )
         if actions and command is not None and self._ambiguous(registry, command, actions):
             actions, say = [], "Several devices match; say which one, or the room."
         if not actions:
             result = {"actions": [], "say": say, "resolved_by": resolved_by}
-            return Outcome("rejected", result, "not_understood", say or "no device action found")
+            return DeviceResult("rejected", result, "not_understood", say or "no device action found")
         return self._dispatch(registry, request_id, actions, say, dispatch, reply_topic, resolved_by)
 
     def _ambiguous(self, registry: Registry, command: CommandContext, actions: list[Resolved]) -> bool:
@@ -240,7 +243,7 @@ class DeviceControl:
         dispatch: bool | None,
         reply_topic: str,
         resolved_by: ResolvedBy,
-    ) -> Outcome:
+    ) -> DeviceResult:
         send = self._dispatch_default if dispatch is None else dispatch
         held = [a for a in actions if a.needs_confirmation]
         now = [a for a in actions if not a.needs_confirmation and send and a.topic]
@@ -261,27 +264,29 @@ class DeviceControl:
         if earlier is not None:
             result["already_dispatched"] = [{"topic": t, "payload": p.decode(errors="replace")} for t, p in earlier]
         if not held or not send:  # a dry run only shows which actions would need confirmation
-            return Outcome("ok", result, dispatched=now)
+            return DeviceResult("ok", result, dispatched=now)
         token = self.confirmations.hold(request_id, held)
         result["confirmation"] = {
             "token": token,
             "expires_in_s": self.confirmations.ttl_s,
             "actions": [a.describe() for a in held],
         }
-        return Outcome("needs_confirmation", result, dispatched=now)
+        return DeviceResult("needs_confirmation", result, dispatched=now)
 
-    def confirm(self, token: str) -> Outcome:
+    def confirm(self, token: str) -> DeviceResult:
         """Dispatch exactly the actions held under ``token``, once."""
         try:
             pending = self.confirmations.redeem(token)
         except TokenError as exc:
-            return Outcome("error", {}, exc.code, str(exc))
+            return DeviceResult("error", {}, exc.code, str(exc))
         for action in pending.actions:
             if action.topic:
                 self._publish(action.topic, action.payload)
         listed = [{**a.describe(), "dispatched": bool(a.topic)} for a in pending.actions]
         log.info("confirmed", request=pending.request_id, actions=len(listed))
-        return Outcome("ok", {"confirmed": pending.request_id, "actions": listed}, dispatched=list(pending.actions))
+        return DeviceResult(
+            "ok", {"confirmed": pending.request_id, "actions": listed}, dispatched=list(pending.actions)
+        )
 
 
 def area_id(registry: Registry, area: str | None) -> str | None:

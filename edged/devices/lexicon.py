@@ -17,8 +17,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import cn2an  # type: ignore[import-untyped]
-from text_to_num import alpha2digit  # type: ignore[import-untyped]
+import cn2an
+from text_to_num import alpha2digit
 
 if sys.version_info >= (3, 11):
     import tomllib
