@@ -276,12 +276,26 @@ def _salvage(data: dict[str, Any]) -> dict[str, str | None]:
     return {"id": good_id, "reply_to": good_reply}
 
 
+MAX_ERRORS_LISTED = 3
+EXCERPT_CHARS = 40
+
+
+def excerpt(value: object, limit: int = EXCERPT_CHARS) -> str:
+    """A short, printable excerpt of caller input for an error message: never more than ``limit`` characters
+    of it, control and unpublishable characters replaced, so an error never reflects a payload back."""
+    text = str(value)
+    cut = "".join("?" if _unpublishable(c) or not c.isprintable() else c for c in text[:limit])
+    return cut + ("..." if len(text) > limit else "")
+
+
 def _validate(model: type[_M], data: dict[str, Any], hints: dict[str, str | None]) -> _M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
-        details = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'payload'}: {e['msg']}" for e in errors)
+        listed = [f"{'.'.join(excerpt(p) for p in e['loc']) or 'payload'}: {e['msg']}" for e in errors]
+        more = len(listed) - MAX_ERRORS_LISTED
+        details = "; ".join(listed[:MAX_ERRORS_LISTED]) + (f"; and {more} more" if more > 0 else "")
         raise RequestError(_code_for(errors[0]), details, **hints) from None
 
 

@@ -286,6 +286,19 @@ class RequestSettings(_Section):
         None,
         description="per-client token bucket (client field or MQTT 5 user property); requests without one share a bucket",
     )
+    reply_prefixes: list[str] = Field(
+        default_factory=lambda: ["{base}/result/", "edged/inbox/"],
+        min_length=1,
+        description="a reply_to or MQTT 5 Response Topic must start with one of these ({base} is replaced)",
+    )
+
+    @field_validator("reply_prefixes")
+    @classmethod
+    def _prefixes(cls, v: list[str]) -> list[str]:
+        for prefix in v:
+            if not prefix.endswith("/") or prefix.startswith(("$", "/")) or any(c in prefix for c in "+#\0"):
+                raise ValueError(f"reply prefix {prefix[:80]!r}: must end with '/', without wildcards or a leading '$'")
+        return v
 
 
 class SessionSettings(_Section):

@@ -53,7 +53,7 @@ def test_response_topic_and_correlation_data_are_honoured(start_daemon, client_f
     """MQTT 5: the result goes to the Response Topic with the Correlation Data echoed."""
     d = start_daemon()
     c = client_for(d.base)
-    reply = f"callers/{uuid.uuid4().hex}/inbox"
+    reply = f"edged/inbox/{uuid.uuid4().hex}"
     c.subscribe(reply)
     c.publish(f"{d.base}/command", "dim the hallway to 30%", response_topic=reply, correlation_data=b"\x00corr-42")
     msg = c.wait_for(lambda m: m.topic == reply)
@@ -65,7 +65,7 @@ def test_reply_to_beats_response_topic(start_daemon, client_for):
     """A reply_to field in the payload wins over the MQTT 5 Response Topic."""
     d = start_daemon()
     c = client_for(d.base)
-    reply_to, response_topic = f"r/{uuid.uuid4().hex}", f"p/{uuid.uuid4().hex}"
+    reply_to, response_topic = f"edged/inbox/r/{uuid.uuid4().hex}", f"edged/inbox/p/{uuid.uuid4().hex}"
     c.subscribe(reply_to)
     c.subscribe(response_topic)
     c.publish(
@@ -155,7 +155,7 @@ def test_error_keeps_a_valid_id_and_reply_to(start_daemon, client_for):
     """An invalid request whose id and reply_to are valid is answered there, under its id."""
     d = start_daemon()
     c = client_for(d.base)
-    reply = f"r/{uuid.uuid4().hex}"
+    reply = f"edged/inbox/{uuid.uuid4().hex}"
     c.subscribe(reply)
     c.publish(f"{d.base}/query", json.dumps({"id": "abc-1", "reply_to": reply, "text": "x", "bogus": 1}))
     body = c.wait_for(lambda m: m.topic == reply).json()

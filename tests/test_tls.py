@@ -130,7 +130,7 @@ def test_mutual_tls_and_password_under_the_shipped_acl(pki, secure_broker, tiny_
 
             with _client(pki, secure_broker.port, "outsider") as outsider:
                 # Mosquitto 2.0 accepts the subscriptions but delivers nothing the ACL does not grant.
-                for topic in (f"{BASE}/result/#", f"{BASE}/status", f"{BASE}/+", SENTINEL):
+                for topic in (f"{BASE}/result/#", f"{BASE}/status", f"{BASE}/+", "edged/inbox/#", SENTINEL):
                     outsider.subscribe(topic)
                 with pytest.raises(PermissionError, match="Not authorized"):
                     outsider.publish(f"{BASE}/command", json.dumps({"id": "intruder", "text": "unlock the door"}))
@@ -141,6 +141,12 @@ def test_mutual_tls_and_password_under_the_shipped_acl(pki, secure_broker, tiny_
                     panel.publish(f"{BASE}/status", json.dumps({"state": "offline"}))
                 # A later request is answered; the refused ones never reached edged or anyone else.
                 assert panel.request("command", {"id": "after", "text": "lights off"})["status"] == "ok"
+                # A caller's own inbox (the documented reply prefix): the ACL lets edged write there and only
+                # that caller read it.
+                inbox = "edged/inbox/panel/1"
+                panel.subscribe("edged/inbox/panel/#")
+                panel.publish(f"{BASE}/command", json.dumps({"id": "inbox-1", "text": "on", "reply_to": inbox}))
+                assert panel.wait_for(lambda m: m.topic == inbox).json()["id"] == "inbox-1"
                 outsider.publish(SENTINEL, "done")  # delivered after anything the broker queued for it before
                 outsider.wait_for(lambda m: m.topic == SENTINEL)
                 assert [m.topic for m in outsider.messages()] == [SENTINEL], "the outsider read edged's topics"

@@ -85,7 +85,7 @@ class DeviceControl:
             return Outcome("rejected", {"actions": [], "text": answer}, "invalid_answer", str(exc))
         if not actions:
             return Outcome("rejected", {"actions": [], "say": say}, "not_understood", say or "no device action found")
-        send = self._dispatch_default if dispatch is None else dispatch
+        send = self._dispatch_default and dispatch is not False  # a request may turn dispatch off, never on
         held = [a for a in actions if a.needs_confirmation]
         now = [a for a in actions if not a.needs_confirmation and send and a.topic]
         earlier = (

@@ -25,6 +25,7 @@ from edged.protocol import (
     Request,
     RequestError,
     Result,
+    excerpt,
     parse_admin,
     parse_cancel,
     parse_confirm,
@@ -98,6 +99,8 @@ class Intake:
         self.telemetry = telemetry
         self.cancellations = cancellations or Cancellations()
         self._limiter: RateLimiter | None = None
+        self._refusal_limiter: RateLimiter | None = None
+        self.refusals_dropped = 0
         self.configure(settings)
 
     def configure(self, settings: Settings) -> None:
@@ -105,6 +108,8 @@ class Intake:
         req = settings.requests
         self._current = (settings, Limits(req.max_payload_bytes, req.max_text_chars, req.max_context_bytes))
         self._limiter = _limiter(req.rate_limit, self._limiter)
+        self._refusal_limiter = _limiter(req.rate_limit, self._refusal_limiter)  # refusals have their own bucket
+        self._reply_prefixes = tuple(p.replace("{base}", self.base) for p in req.reply_prefixes)
 
     def subscriptions(self) -> list[str]:
         settings, _ = self._current
@@ -155,16 +160,11 @@ class Intake:
             if kind is None:
                 raise RequestError(
                     ErrorCode.UNKNOWN_TOPIC,
-                    f"no requests are taken on {msg.topic!r}; use {self.base}/command or {self.base}/query",
+                    f"no requests are taken on {excerpt(msg.topic, 120)!r}; use {self.base}/command or /query",
                     id=request.id,
                     reply_to=request.reply_to,
                 )
-            if request.reply_to is not None and self.reserved(request.reply_to):
-                raise RequestError(
-                    ErrorCode.BAD_REPLY_TO,
-                    f"reply_to {request.reply_to!r} is a topic edged reads or that drives a device; choose another",
-                    id=request.id,
-                )
+            self.check_reply(msg, request.id, request.reply_to)
             priority = request_priority(kind, request.priority or msg.user_property("priority"), request)
             client = request.client or msg.user_property("client")
             if client is not None and not re.fullmatch(ID_PATTERN, client):
@@ -201,12 +201,27 @@ class Intake:
         )
 
     def reply_topic(self, msg: Inbound, request_id: str, reply_to: str | None) -> str:
-        """``reply_to``, else the MQTT 5 Response Topic, else ``{base}/result/{id}``; never a topic
-        edged reads or that drives a device (a result there would be taken as a command or reading)."""
-        for asked in (reply_to, msg.response_topic):
-            if asked and valid_topic(asked) and not self.reserved(asked):
-                return asked
-        return f"{self.base}/result/{request_id}"
+        """``reply_to``, else the MQTT 5 Response Topic, else ``{base}/result/{id}``; only a topic
+        :meth:`allowed` (a refusal of a topic that is not goes to the default)."""
+        asked = reply_to or msg.response_topic
+        return asked if asked and self.allowed(asked) else f"{self.base}/result/{request_id}"
+
+    def allowed(self, topic: str) -> bool:
+        """True for a reply topic under one of ``requests.reply_prefixes`` that edged does not read and that
+        drives no device (a result there would be taken as a command or reading)."""
+        under = any(topic.startswith(p) and len(topic) > len(p) for p in self._reply_prefixes)
+        return under and valid_topic(topic) and not self.reserved(topic)
+
+    def check_reply(self, msg: Inbound, request_id: str | None, reply_to: str | None) -> None:
+        """Refuse a ``reply_to`` (or, without one, an MQTT 5 Response Topic) that is not :meth:`allowed`."""
+        asked, what = (reply_to, "reply_to") if reply_to is not None else (msg.response_topic, "Response Topic")
+        if asked is not None and not self.allowed(asked):
+            prefixes = ", ".join(self._reply_prefixes)
+            raise RequestError(
+                ErrorCode.BAD_REPLY_TO,
+                f"{what} {excerpt(asked)!r} is not allowed: results go only under {prefixes}",
+                id=request_id,
+            )
 
     def reserved(self, topic: str) -> bool:
         """True for a topic a result must not go to: edged's own inputs and status, device and sensor topics."""
@@ -235,11 +250,12 @@ class Intake:
             request = parse_confirm(msg.payload, limits)
             if self.devices is None:
                 raise RequestError(ErrorCode.UNKNOWN_TOPIC, "no device registry is configured", id=request.id)
+            if self._current[0].mqtt.shared_group and not self.devices.confirmations.issued(request.token):
+                return None
+            self.check_reply(msg, request.id, request.reply_to)
         except RequestError as exc:
             return self._refuse(msg, exc, "confirm")
         assert request.id is not None
-        if self._current[0].mqtt.shared_group and not self.devices.confirmations.issued(request.token):
-            return None
         outcome = self.devices.confirm(request.token)
         result = Result(
             id=request.id,
@@ -260,15 +276,24 @@ class Intake:
         log.info("cancel_requested", id=target)
         return None
 
-    def _admin(self, msg: Inbound, action: str) -> Admin | Reply:
+    def _admin(self, msg: Inbound, action: str) -> Admin | Reply | None:
         try:
             request = parse_admin(msg.payload)
+            self.check_reply(msg, request.id, request.reply_to)
         except RequestError as exc:
             return self._refuse(msg, exc, None)
         assert request.id is not None
         return Admin(action, request, self.reply_topic(msg, request.id, request.reply_to), msg)
 
-    def _refuse(self, msg: Inbound, exc: RequestError, kind: str | None) -> Reply:
+    def _refuse(self, msg: Inbound, exc: RequestError, kind: str | None) -> Reply | None:
+        """The error result for a refused message; None when its sender is over its rate limit for refusals too
+        (a flood of bad requests is acknowledged and counted, not answered one by one)."""
+        claimed = msg.user_property("client")  # the payload may not even parse
+        client = claimed if claimed is not None and re.fullmatch(ID_PATTERN, claimed) else None
+        if self._refusal_limiter is not None and not self._refusal_limiter.allow(client):
+            self.refusals_dropped += 1
+            log.debug("refusal_dropped", client=client, code=exc.code.value, topic=excerpt(msg.topic, 120))
+            return None
         request_id = exc.id or "unknown"
         result = error_result(request_id, exc.code, exc.message, kind=kind)  # type: ignore[arg-type]
         return Reply(self.reply_topic(msg, request_id, exc.reply_to), result)
