@@ -140,3 +140,132 @@ def test_refusals_are_rate_limited_like_requests():
     assert len(answered) == 3 and flood[3:] == [None] * 47 and intake.refusals_dropped == 47
     other = intake.decide(_inbound("command", b"{bad", user_properties=(("client", "panel"),)))
     assert isinstance(other, Reply) and other.result.error.code.value == "bad_json"
+
+
+# -- 3: every path to "garage open" and "door unlocked" needs confirmation -----------------------------------
+GUARDED = ("garage_door", "front_door")  # confirm = true in config/registry-home.toml
+
+
+def _items_reaching(device_id: str) -> list[dict]:
+    """Every answer item the command schema allows that acts on ``device_id``: by id, by its area, by "all"
+    (each action with its parameters at their bounds)."""
+    from edged.devices.actions import _groups
+
+    registry = RegistryStore(CONFIG / "registry-home.toml").current
+    device = registry.device(device_id)
+    items: list[dict] = []
+    for name, action in device.all_actions().items():
+        for bound in ("max", "min"):
+            params = {p: getattr(spec, bound) for p, spec in action.params.items()}
+            items.append({"device": device_id, "action": name, "params": params})
+            for area, dtype, group_action in _groups(registry):
+                if group_action == name and device in registry.targets(area, dtype, name):
+                    items.append({"area": area, "type": dtype, "action": name, "params": params})
+    return items
+
+
+@pytest.mark.parametrize("device_id", GUARDED)
+def test_every_path_to_a_guarded_device_needs_confirmation(device_id):
+    """By name, by area, by "all", by position: nothing reaches the garage door or the front door lock
+    without a token, and the token then sends exactly the held actions."""
+    sent: list[tuple[str, bytes]] = []
+    store = RegistryStore(CONFIG / "registry-home.toml")
+    control = DeviceControl(store, DeviceStates(), Confirmations(60), lambda t, p: sent.append((t, p)))
+    topic = store.current.device(device_id).command_topic
+    items = _items_reaching(device_id)
+    assert any("area" in i and i["area"] == "all" for i in items) or device_id == "front_door"  # one lock: no "all"
+    assert any(i["action"] in ("set_position", "unlock") for i in items)
+    for i, item in enumerate(items):
+        answer = json.dumps({"actions": [item], "say": ""})
+        out = control.outcome(store.current, f"r{i}", answer, dispatch=None)
+        assert out.status == "needs_confirmation", item
+        assert topic not in [t for t, _ in sent], item
+        held = [a for a in out.result["actions"] if a["device"] == device_id]
+        assert held and all(a["needs_confirmation"] and not a["dispatched"] for a in held), item
+    token = out.result["confirmation"]["token"]
+    assert control.confirm(token).status == "ok" and topic in [t for t, _ in sent]
+
+
+def test_device_confirm_covers_actions_without_their_own_policy(tmp_path):
+    """``confirm = true`` on a device holds every action, also ones its type or file mark as safe."""
+    path = tmp_path / "r.toml"
+    path.write_text(
+        SMALL.read_text().replace(
+            'command_topic = "test-devices/porch_light/set"', 'command_topic = "p/set"\nconfirm = true'
+        )
+    )
+    store = RegistryStore(path)
+    sent: list[tuple[str, bytes]] = []
+    control = DeviceControl(store, DeviceStates(), Confirmations(60), lambda t, p: sent.append((t, p)))
+    out = control.outcome(
+        store.current,
+        "r1",
+        '{"actions":[{"device":"porch_light","action":"turn_on","params":{}}],"say":""}',
+        dispatch=None,
+    )
+    assert out.status == "needs_confirmation" and sent == []
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        {"device": "garage_door", "action": "set_position", "params": {"position": 100}},
+        {"area": "garage", "type": "cover", "action": "open", "params": {}},
+        {"area": "all", "type": "cover", "action": "open", "params": {}},
+        {"area": "all", "type": "cover", "action": "set_position", "params": {"position": 100}},
+    ],
+)
+def test_garage_cannot_be_opened_by_position_or_area(item):
+    sent: list[tuple[str, bytes]] = []
+    store = RegistryStore(CONFIG / "registry-home.toml")
+    control = DeviceControl(store, DeviceStates(), Confirmations(60), lambda t, p: sent.append((t, p)))
+    out = control.outcome(store.current, "r1", json.dumps({"actions": [item], "say": ""}), dispatch=None)
+    assert "zigbee2mqtt/garage_door/set" not in [t for t, _ in sent] and out.status == "needs_confirmation"
+
+
+class ScriptedAnswers:
+    """The real engine runs each generation; its answer text is then replaced by the next scripted one (a model
+    talked into an attack by injected text writes exactly such answers, within the schema)."""
+
+    def __init__(self, engine: object, answers: list[str]):
+        self._engine = engine
+        self._answers = answers
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._engine, name)
+
+    def generate(self, *args: object, **kwargs: object) -> object:
+        from dataclasses import replace as swap
+
+        gen = self._engine.generate(*args, **kwargs)  # type: ignore[attr-defined]
+        return swap(gen, answer=self._answers.pop(0)) if self._answers else gen
+
+
+def test_daemon_holds_garage_and_door_through_a_session(start_daemon, client_for, engine, tiny_model_dir, tmp_path):
+    """Through the daemon, in one session: "open the garage" by position and "unlock" by area come back
+    needs_confirmation and nothing reaches the devices until the token is confirmed."""
+    import uuid
+
+    from conftest import make_settings
+
+    prefix = f"sec-{uuid.uuid4().hex[:8]}"
+    registry = tmp_path / "registry.toml"
+    registry.write_text((CONFIG / "registry-home.toml").read_text().replace("zigbee2mqtt/", f"{prefix}/"))
+    answers = [
+        '{"actions":[{"device":"garage_door","action":"set_position","params":{"position":100}}],"say":"open"}',
+        '{"actions":[{"area":"hallway","type":"lock","action":"unlock","params":{}}],"say":"unlocked"}',
+    ]
+    d = start_daemon(
+        make_settings(tiny_model_dir, devices={"registry": registry}, model={"warm_up": False}),
+        use_engine=ScriptedAnswers(engine, answers),
+    )
+    c = client_for(d.base)
+    c.subscribe(f"{prefix}/+/set")
+    first = c.request("command", {"text": "open the garage", "session": "s1"})
+    second = c.request("command", {"text": "and the front door", "session": "s1"})
+    assert (first["status"], second["status"]) == ("needs_confirmation", "needs_confirmation")
+    c.publish(f"{d.base}/confirm", json.dumps({"id": "c1", "token": second["result"]["confirmation"]["token"]}))
+    c.subscribe(f"{d.base}/result/c1")
+    sent = c.wait_for(lambda m: m.topic.startswith(prefix))  # the confirmed unlock: the first device command
+    assert sent.topic == f"{prefix}/front_door/set" and json.loads(sent.payload) == {"state": "UNLOCK"}
+    assert c.messages(f"{prefix}/garage_door/set") == []
