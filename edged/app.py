@@ -41,6 +41,7 @@ from edged.settings import Settings
 log = structlog.get_logger("edged.app")
 
 STOP, RELOAD = "stop", "reload"  # control messages for the main thread (signals); admin requests come as Admin
+PACKET_HEADROOM = 65_536 + 1024  # MQTT 5 Maximum Packet Size: the payload limit plus the longest topic and properties
 EXIT_BROKER_REFUSED = 3  # the broker refused edged's credentials or certificate: a restart cannot help
 
 
@@ -57,6 +58,7 @@ def _bus_config(s: Settings) -> BusConfig:
         reconnect_min_s=s.mqtt.reconnect_min_s,
         reconnect_max_s=s.mqtt.reconnect_max_s,
         receive_maximum=s.mqtt.receive_maximum,
+        max_packet_size=s.requests.max_payload_bytes + PACKET_HEADROOM,
         tls=s.mqtt.tls.context() if s.mqtt.tls.enabled else None,
     )
 

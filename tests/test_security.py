@@ -269,3 +269,47 @@ def test_daemon_holds_garage_and_door_through_a_session(start_daemon, client_for
     sent = c.wait_for(lambda m: m.topic.startswith(prefix))  # the confirmed unlock: the first device command
     assert sent.topic == f"{prefix}/front_door/set" and json.loads(sent.payload) == {"state": "UNLOCK"}
     assert c.messages(f"{prefix}/garage_door/set") == []
+
+
+# -- 8: size limits on every topic ---------------------------------------------------------------------------
+def test_oversized_states_readings_and_admin_requests_are_not_decoded():
+    """A device state, a sensor reading or an admin request over requests.max_payload_bytes is dropped (or
+    refused) before anything parses it."""
+    s = Settings(
+        node_id="sec-test",
+        model={"path": "/nonexistent"},
+        requests={"max_payload_bytes": 1024},
+        admin={"reload_topic": True},
+        telemetry={"sensors": [{"id": "vibration", "topic": "plant/+/vibration"}]},
+    )
+    from edged.diagnostics.telemetry import TelemetryStore
+
+    store = RegistryStore(CONFIG / "registry-home.toml")
+    states = DeviceStates()
+    telemetry = TelemetryStore(s.telemetry)
+    intake = Intake(
+        BASE, s, devices=DeviceControl(store, states, Confirmations(60), lambda *_: None), telemetry=telemetry
+    )
+    big_state = json.dumps({"state": "ON", "pad": "x" * 2000}).encode()
+    assert intake.decide(_inbound("", big_state, topic="zigbee2mqtt/garage_light")) is None
+    assert states.snapshot() == {} and intake.oversized == 1
+    assert intake.decide(_inbound("", b'{"state": "ON"}', topic="zigbee2mqtt/garage_light")) is None
+    assert states.snapshot() == {"garage_light": "state=ON"}
+    big_reading = b'{"value": 1.0, "pad": "' + b"x" * 2000 + b'"}'
+    intake.decide(_inbound("", big_reading, topic="plant/pump_3/vibration"))
+    assert intake.oversized == 2 and telemetry.topics()  # nothing recorded for it
+    refused = intake.decide(_inbound("admin/reload", b'{"id": "a1", "x": "' + b"y" * 2000 + b'"}'))
+    assert isinstance(refused, Reply) and refused.result.error.code.value == "payload_too_large"
+
+
+def test_broker_keeps_messages_over_the_packet_limit_from_edged(start_daemon, client_for):
+    """MQTT 5 Maximum Packet Size (from requests.max_payload_bytes): the broker never hands edged a message far
+    over the limit, so edged never holds it; one within the headroom is still answered payload_too_large."""
+    d = start_daemon(requests={"max_payload_bytes": 1024})
+    c = client_for(d.base)
+    c.subscribe(f"{d.base}/result/+")
+    c.publish(f"{d.base}/command", json.dumps({"id": "huge", "text": "x" * 200_000}))
+    c.publish(f"{d.base}/command", json.dumps({"id": "big", "text": "x" * 4000}))
+    assert c.request("command", {"id": "after", "text": "lights on"})["status"] == "ok"  # FIFO: the others came first
+    unread = [m.json() for m in c.messages(f"{d.base}/result/unknown")]  # too large to read an id from
+    assert [r["error"]["code"] for r in unread] == ["payload_too_large"], "the huge one reached edged"

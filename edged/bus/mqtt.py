@@ -47,6 +47,7 @@ class BusConfig:
     reconnect_min_s: float = 1.0
     reconnect_max_s: float = 60.0
     receive_maximum: int | None = None  # MQTT 5: requests in flight to edged at once (back-pressure)
+    max_packet_size: int | None = None  # MQTT 5: the broker drops (for edged only) any larger message
     tls: ssl.SSLContext | None = None  # None: plain TCP
 
 
@@ -156,6 +157,8 @@ class Bus:
             props.SessionExpiryInterval = cfg.session_expiry_s
             if cfg.receive_maximum is not None:
                 props.ReceiveMaximum = cfg.receive_maximum
+            if cfg.max_packet_size is not None:
+                props.MaximumPacketSize = cfg.max_packet_size
         log.info(
             "mqtt_connecting",
             host=cfg.host,

@@ -101,6 +101,7 @@ class Intake:
         self._limiter: RateLimiter | None = None
         self._refusal_limiter: RateLimiter | None = None
         self.refusals_dropped = 0
+        self.oversized = 0  # device states and readings dropped unread for their size
         self.configure(settings)
 
     def configure(self, settings: Settings) -> None:
@@ -141,7 +142,7 @@ class Intake:
     def _decide(self, msg: Inbound) -> Decision:
         settings, limits = self._current  # one reference: a reload in between does not mix old and new
         if not msg.topic.startswith(self.base + "/"):
-            self._observe(msg)
+            self._observe(msg, limits)
             return None
         suffix = msg.topic[len(self.base) + 1 :]
         if suffix == "confirm" and not msg.retained:
@@ -233,8 +234,13 @@ class Intake:
             return True
         return self.telemetry is not None and self.telemetry.covers(topic)
 
-    def _observe(self, msg: Inbound) -> None:
-        """A device state or a sensor reading (edged subscribes to nothing else outside {base})."""
+    def _observe(self, msg: Inbound, limits: Limits) -> None:
+        """A device state or a sensor reading (edged subscribes to nothing else outside {base}); one over
+        ``requests.max_payload_bytes`` is dropped before anything decodes it."""
+        if len(msg.payload) > limits.max_payload_bytes:
+            self.oversized += 1
+            log.warning("oversized_message_ignored", topic=excerpt(msg.topic, 120), bytes=len(msg.payload))
+            return
         device = self.devices.store.state_topics().get(msg.topic) if self.devices else None
         if device is not None and self.devices is not None:
             self.devices.states.update(device, msg.payload)
@@ -278,6 +284,9 @@ class Intake:
 
     def _admin(self, msg: Inbound, action: str) -> Admin | Reply | None:
         try:
+            limit = self._current[1].max_payload_bytes
+            if len(msg.payload) > limit:
+                raise RequestError(ErrorCode.PAYLOAD_TOO_LARGE, f"payload is {len(msg.payload)} bytes; limit {limit}")
             request = parse_admin(msg.payload)
             self.check_reply(msg, request.id, request.reply_to)
         except RequestError as exc:
