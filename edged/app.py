@@ -391,7 +391,7 @@ class Daemon:
         log.info(
             "duplicate_request", id=job.request.id, verdict=seen.verdict.value, dup=msg.dup, reply_topic=job.reply_topic
         )
-        if seen.verdict is Verdict.ANSWERED:
+        if seen.verdict in (Verdict.ANSWERED, Verdict.SURPLUS):
             self.bus.ack(msg)
         elif seen.verdict is Verdict.REPLAY and seen.result is not None:
             replay = Result.model_validate_json(seen.result).model_copy(update={"replayed": True})

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from edged.bus.mqtt import Inbound
 from edged.devices.commands import DeviceControl
 from edged.devices.confirmations import Confirmations
 from edged.devices.registry import RegistryStore
 from edged.devices.state import DeviceStates
-from edged.service.ledger import Ledger, Verdict
+from edged.service.ledger import MAX_COPIES, Ledger, Verdict
 from edged.settings import default_state_dir
 
 SMALL = Path(__file__).resolve().parent / "data" / "registry-small.toml"
@@ -20,16 +21,22 @@ def _ledger(tmp_path: Path, **kw) -> Ledger:
     return Ledger(tmp_path / "ledger.sqlite3", **{"window_s": 3600, "max_rows": 1000, **kw})
 
 
+def _copy(mid: int, qos: int = 1, size: int = 10) -> Inbound:
+    return Inbound(
+        "edged/x/command", b"x" * size, False, False, "edged/inbox/a", b"c", None, 0.0, mid, qos, (("k", "v"),)
+    )
+
+
 def test_a_copy_in_progress_is_pending_and_released_with_the_original(tmp_path):
     ledger = _ledger(tmp_path)
     assert ledger.admit("r1", "t/r1", redelivered=False).verdict is Verdict.NEW
-    assert ledger.admit("r1", "t/r1", redelivered=True, origin="copy-1").verdict is Verdict.PENDING
+    assert ledger.admit("r1", "t/r1", redelivered=True, origin=_copy(1)).verdict is Verdict.PENDING
     assert ledger.admit("r1", "other/topic", redelivered=False).verdict is Verdict.NEW  # another caller's id space
     ledger.settle("r1", "t/r1", b'{"id":"r1","status":"ok"}')
     assert (
-        ledger.admit("r1", "t/r1", redelivered=False, origin="copy-2").verdict is Verdict.PENDING
+        ledger.admit("r1", "t/r1", redelivered=False, origin=_copy(2)).verdict is Verdict.PENDING
     )  # result not confirmed yet
-    assert ledger.confirmed("r1", "t/r1") == ["copy-1", "copy-2"]
+    assert [m.mid for m in ledger.confirmed("r1", "t/r1")] == [1, 2]
     assert ledger.state("r1", "t/r1") == "sent"
 
 
@@ -132,3 +139,21 @@ def test_device_control_never_dispatches_a_request_twice_across_a_restart(tmp_pa
 def test_default_state_dir_follows_systemd_then_xdg():
     assert default_state_dir({"STATE_DIRECTORY": "/var/lib/edged:/var/lib/other"}) == Path("/var/lib/edged")
     assert default_state_dir({"XDG_STATE_HOME": "/h/.state"}) == Path("/h/.state/edged")
+
+
+def test_copies_of_a_running_request_keep_only_receipts_and_are_capped(tmp_path):
+    """A copy of a running request keeps what acknowledging it needs (packet id, QoS), never its payload;
+    a QoS 0 copy keeps nothing; beyond MAX_COPIES a QoS 1 copy is acknowledged at once (SURPLUS)."""
+    ledger = _ledger(tmp_path)
+    assert ledger.admit("r1", "t/r1", redelivered=False).verdict is Verdict.NEW
+    verdicts = [
+        ledger.admit("r1", "t/r1", redelivered=False, origin=_copy(i, 0, 256 * 1024)).verdict for i in range(100)
+    ]
+    assert set(verdicts) == {Verdict.PENDING}
+    verdicts = [
+        ledger.admit("r1", "t/r1", redelivered=False, origin=_copy(i, 1, 256 * 1024)).verdict for i in range(100)
+    ]
+    assert verdicts == [Verdict.PENDING] * MAX_COPIES + [Verdict.SURPLUS] * (100 - MAX_COPIES)
+    kept = ledger.confirmed("r1", "t/r1")
+    assert [(m.mid, m.qos) for m in kept] == [(i, 1) for i in range(MAX_COPIES)]
+    assert all(m.payload == b"" and m.user_properties == () and m.correlation_data is None for m in kept)

@@ -13,6 +13,7 @@ after a crash never dispatches them a second time.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import sqlite3
 import threading
@@ -26,9 +27,12 @@ from typing import Any
 
 import structlog
 
+from edged.bus.mqtt import Inbound
+
 log = structlog.get_logger("edged.ledger")
 
 PRUNE_EVERY = 64  # new requests between two prunes
+MAX_COPIES = 8  # QoS 1 copies of a running request held unacknowledged; later ones are acknowledged at once
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -61,6 +65,7 @@ class Verdict(Enum):
     ANSWERED = "answered"  # a broker redelivery whose result the broker had confirmed: acknowledge only
     REPLAY = "replay"  # answered before: publish the stored result again
     CONFLICT = "conflict"  # the id (and reply topic) of another request still in the window: refuse it
+    SURPLUS = "surplus"  # a copy of a running request beyond MAX_COPIES: acknowledge it now (others hold redelivery)
 
 
 @dataclass(frozen=True)
@@ -80,7 +85,7 @@ class Ledger:
         self.run = uuid.uuid4().hex  # tells this process's requests from a crashed one's
         self._clock = clock
         self._lock = threading.Lock()
-        self._followers: dict[tuple[str, str], list[Any]] = {}  # copies to acknowledge with the original
+        self._followers: dict[tuple[str, str], list[Inbound]] = {}  # receipts of copies to acknowledge later
         self._new_since_prune = 0
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -98,9 +103,10 @@ class Ledger:
 
     # -- requests --------------------------------------------------------------------------
     def admit(
-        self, request_id: str, reply_topic: str, *, redelivered: bool, origin: Any = None, digest: str = ""
+        self, request_id: str, reply_topic: str, *, redelivered: bool, origin: Inbound | None = None, digest: str = ""
     ) -> Admit:
-        """What to do with a request that just arrived; ``origin`` (the message) is kept if it is a PENDING copy.
+        """What to do with a request that just arrived; of a PENDING copy (``origin``), what acknowledging it
+        needs is kept: its packet id, for QoS 1 and 2 only, for at most :data:`MAX_COPIES` copies.
 
         ``digest`` names what was asked (topic and payload): a copy has the same one; another request
         that reuses the id within the window does not, and is a CONFLICT rather than a copy."""
@@ -129,7 +135,7 @@ class Ledger:
             self.prune()
         return verdict
 
-    def _verdict(self, key: tuple[str, str], row: tuple[Any, ...], redelivered: bool, origin: Any) -> Admit:
+    def _verdict(self, key: tuple[str, str], row: tuple[Any, ...], redelivered: bool, origin: Inbound | None) -> Admit:
         state, run, sent, result = row[:4]
         if state == "accepted" and run != self.run:
             self._db.execute(
@@ -137,12 +143,22 @@ class Ledger:
             )
             return Admit(Verdict.RESUMED)
         if state == "accepted" or (not sent and run == self.run):
-            if origin is not None:
-                self._followers.setdefault(key, []).append(origin)
-            return Admit(Verdict.PENDING)
+            return self._follow(key, origin)
         if sent and redelivered:
             return Admit(Verdict.ANSWERED)
         return Admit(Verdict.REPLAY, bytes(result))
+
+    def _follow(self, key: tuple[str, str], origin: Inbound | None) -> Admit:
+        """A copy of a request in progress: keep its receipt (never its payload) to acknowledge with the original.
+        A QoS 0 copy needs no acknowledgement; beyond MAX_COPIES, the kept ones already make the broker deliver
+        the request again should edged stop first, so the copy is acknowledged at once (SURPLUS)."""
+        if origin is None or origin.qos == 0:
+            return Admit(Verdict.PENDING)
+        kept = self._followers.setdefault(key, [])
+        if len(kept) >= MAX_COPIES:
+            return Admit(Verdict.SURPLUS)
+        kept.append(receipt(origin))
+        return Admit(Verdict.PENDING)
 
     def settle(self, request_id: str, reply_topic: str, result: bytes | None) -> None:
         """Store the result before it is published; ``None``: the request was refused unrun (busy), forget it."""
@@ -151,13 +167,14 @@ class Ledger:
                 self._db.execute("DELETE FROM requests WHERE id=? AND reply_topic=?", (request_id, reply_topic))
             else:
                 self._db.execute(
-                    "INSERT INTO requests (id, reply_topic, state, run, sent, result, updated) VALUES (?, ?, 'done', ?, 0, ?, ?) "
+                    "INSERT INTO requests (id, reply_topic, state, run, sent, result, updated) "
+                    "VALUES (?, ?, 'done', ?, 0, ?, ?) "
                     "ON CONFLICT (id, reply_topic) DO UPDATE SET state='done', run=excluded.run, sent=0, "
                     "result=excluded.result, updated=excluded.updated",  # keeps the digest
                     (request_id, reply_topic, self.run, result, self._clock()),
                 )
 
-    def confirmed(self, request_id: str, reply_topic: str) -> list[Any]:
+    def confirmed(self, request_id: str, reply_topic: str) -> list[Inbound]:
         """The broker confirmed the result: remember that, and return the copies to acknowledge now."""
         key = (request_id, reply_topic)
         with self._lock:
@@ -205,7 +222,8 @@ class Ledger:
             self._new_since_prune = 0
             gone = self._db.execute("DELETE FROM requests WHERE updated < ?", (cutoff,)).rowcount
             gone += self._db.execute(
-                "DELETE FROM requests WHERE rowid IN (SELECT rowid FROM requests ORDER BY updated DESC LIMIT -1 OFFSET ?)",
+                "DELETE FROM requests WHERE rowid IN "
+                "(SELECT rowid FROM requests ORDER BY updated DESC LIMIT -1 OFFSET ?)",
                 (self.max_rows,),
             ).rowcount
             self._db.execute(
@@ -215,3 +233,8 @@ class Ledger:
         if gone:
             log.info("ledger_pruned", rows=gone)
         return gone
+
+
+def receipt(msg: Inbound) -> Inbound:
+    """What acknowledging ``msg`` later needs (packet id and QoS), without its payload and properties."""
+    return dataclasses.replace(msg, payload=b"", response_topic=None, correlation_data=None, user_properties=())
