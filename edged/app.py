@@ -377,7 +377,11 @@ class Daemon:
         digest = hashlib.sha256(b"\0".join((msg.topic.encode(), msg.correlation_data or b"", msg.payload))).hexdigest()[
             :32
         ]
-        seen = self.ledger.admit(job.request.id, job.reply_topic, redelivered=msg.dup, origin=msg, digest=digest)
+        try:
+            seen = self.ledger.admit(job.request.id, job.reply_topic, redelivered=msg.dup, origin=msg, digest=digest)
+        except Exception as exc:  # the ledger cannot say whether it ran: answer, free the broker's slot, say so
+            self._ledger_failed(msg, job, exc)
+            return False
         if seen.verdict is Verdict.CONFLICT:
             message = f"id {job.request.id!r} belongs to another request answered on this topic recently; use a new id"
             self._refuse(
@@ -398,6 +402,14 @@ class Daemon:
             self.bus.publish(job.reply_topic, replay.to_json(), correlation_data=msg.correlation_data, ack=msg)
         return False  # PENDING: the original's acknowledgement covers it
 
+    def _ledger_failed(self, msg: Inbound, job: Job, exc: Exception) -> None:
+        log.exception("ledger_failed", id=job.request.id, error=str(exc))
+        self.board.set("degraded", reason="ledger_failed", only_from=SERVING)
+        message = "the request ledger failed; the request was not run"
+        self._refuse(
+            msg, Reply(job.reply_topic, error_result(job.request.id or "unknown", ErrorCode.INTERNAL, message))
+        )
+
     def _refuse(self, msg: Inbound, reply: Reply) -> None:
         assert self.bus is not None
         result = reply.result
@@ -417,7 +429,11 @@ class Daemon:
     def _deliver(self, job: Job, result: Result) -> None:
         assert self.bus is not None and job.request.id is not None
         rid, busy = job.request.id, result.error is not None and result.error.code == ErrorCode.BUSY
-        self.ledger.settle(rid, job.reply_topic, None if busy else result.to_json())  # stored before it goes out
+        try:
+            self.ledger.settle(rid, job.reply_topic, None if busy else result.to_json())  # stored before it goes out
+        except Exception as exc:  # the result still goes out; a copy arriving later may run again
+            log.exception("ledger_failed", id=rid, error=str(exc))
+            self.board.set("degraded", reason="ledger_failed", only_from=SERVING)
         confirmed = self.bus.publish(
             job.reply_topic,
             result.to_json(),

@@ -313,3 +313,35 @@ def test_broker_keeps_messages_over_the_packet_limit_from_edged(start_daemon, cl
     assert c.request("command", {"id": "after", "text": "lights on"})["status"] == "ok"  # FIFO: the others came first
     unread = [m.json() for m in c.messages(f"{d.base}/result/unknown")]  # too large to read an id from
     assert [r["error"]["code"] for r in unread] == ["payload_too_large"], "the huge one reached edged"
+
+
+# -- 7: ledger failures ----------------------------------------------------------------------------------------
+def test_a_failing_ledger_answers_internal_frees_the_slot_and_degrades(start_daemon, client_for):
+    """The ledger's disk turns read-only: every request is answered internal and acknowledged (more of them
+    than receive_maximum, so no slot stays held), and the status says degraded."""
+    d = start_daemon(mqtt={"receive_maximum": 2})
+    c = client_for(d.base)
+    c.subscribe(f"{d.base}/status")
+    d.ledger._db.execute("PRAGMA query_only = ON")  # writes now fail as on a read-only file system
+    answers = [c.request("command", {"id": f"l{i}", "text": "lights on"}, timeout=30) for i in range(5)]
+    assert [(a["status"], a["error"]["code"]) for a in answers] == [("error", "internal")] * 5
+    status = c.wait_for(lambda m: m.topic == f"{d.base}/status" and m.json()["state"] == "degraded").json()
+    assert status["reason"] == "ledger_failed"
+
+
+def test_a_corrupt_ledger_is_moved_aside_and_replaced(tmp_path):
+    """A ledger file SQLite cannot read is renamed *.corrupt-<time> (logged) and a fresh one is used, instead of
+    edged failing the same way on every restart."""
+    from structlog.testing import capture_logs
+
+    from edged.service.ledger import Ledger, Verdict
+
+    path = tmp_path / "ledger.sqlite3"
+    path.write_bytes(b"this is not a database" * 100)
+    with capture_logs() as logs:
+        ledger = Ledger(path, window_s=60, max_rows=100)
+    assert ledger.admit("r1", "t/r1", redelivered=False).verdict is Verdict.NEW
+    aside = list(tmp_path.glob("ledger.sqlite3.corrupt-*"))
+    assert len(aside) == 1 and aside[0].read_bytes().startswith(b"this is not a database")
+    assert [e for e in logs if e["event"] == "ledger_corrupt" and e["log_level"] == "error"]
+    ledger.close()

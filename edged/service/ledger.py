@@ -53,6 +53,35 @@ CREATE TABLE IF NOT EXISTS dispatches (
 """
 
 
+def _open(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")  # a dispatch claim must outlive a power cut too
+        db.executescript(_SCHEMA)
+        db.execute("SELECT count(*) FROM requests").fetchone()
+    except sqlite3.DatabaseError:
+        db.close()
+        raise
+    return db
+
+
+def _move_aside(path: Path, exc: Exception) -> Path:
+    """Rename a ledger SQLite cannot read (and its journal files) to ``*.corrupt-<time>``; return ``path``."""
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    for part in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if part.exists():
+            part.rename(part.with_name(f"{part.name}.corrupt-{stamp}"))
+    log.error(
+        "ledger_corrupt",
+        path=str(path),
+        error=str(exc),
+        moved_to=f"{path.name}.corrupt-{stamp}",
+        consequence="requests answered before this start are forgotten: a redelivered one runs again",
+    )
+    return path
+
+
 def ledger_path(state_dir: Path, client_id: str) -> Path:
     """One ledger per MQTT session (client id): redeliveries come back to the same session."""
     return state_dir / f"ledger-{re.sub(r'[^A-Za-z0-9_.-]', '_', client_id)}.sqlite3"
@@ -87,11 +116,11 @@ class Ledger:
         self._lock = threading.Lock()
         self._followers: dict[tuple[str, str], list[Inbound]] = {}  # receipts of copies to acknowledge later
         self._new_since_prune = 0
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")  # a dispatch claim must outlive a power cut too
-        self._db.executescript(_SCHEMA)
-        self.prune()
+        try:
+            self._db = _open(path)
+            self.prune()
+        except sqlite3.DatabaseError as exc:  # not a database, or a damaged one: a restart would fail the same way
+            self._db = _open(_move_aside(path, exc))
         log.info("ledger_opened", path=str(path), window_s=window_s, max_rows=max_rows)
 
     def close(self) -> None:
