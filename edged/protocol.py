@@ -215,14 +215,15 @@ class RequestError(Exception):
         self.reply_to = reply_to
 
 
-def parse_request(payload: bytes, limits: Limits) -> Request:
-    """Decode a payload: a JSON object, or plain UTF-8 text that becomes ``text``."""
+def parse_request(payload: bytes, limits: Limits, *, default_id: str | None = None) -> Request:
+    """Decode a payload: a JSON object, or plain UTF-8 text that becomes ``text``; without an id it gets
+    ``default_id`` (else a random one)."""
     data = _decode(payload, limits)
     hints = _salvage(data)
     request = _validate(Request, data, hints)
     _check_limits(request, limits, hints)
     if request.id is None:
-        request = request.model_copy(update={"id": new_id()})
+        request = request.model_copy(update={"id": default_id or new_id()})
     return request
 
 

@@ -157,3 +157,42 @@ def test_copies_of_a_running_request_keep_only_receipts_and_are_capped(tmp_path)
     kept = ledger.confirmed("r1", "t/r1")
     assert [(m.mid, m.qos) for m in kept] == [(i, 1) for i in range(MAX_COPIES)]
     assert all(m.payload == b"" and m.user_properties == () and m.correlation_data is None for m in kept)
+
+
+def test_a_claimed_request_is_never_forgotten_before_it_settles(tmp_path):
+    """A request taken on with its device command claimed, whose run died: neither the window nor max_rows
+    prunes it, so when it comes back (however late) it finds its claim and dispatches nothing again."""
+    now = [0.0]
+    ledger = _ledger(tmp_path, window_s=60, max_rows=100, clock=lambda: now[0])
+    ledger.admit("r0", "t/r0", redelivered=False)
+    assert ledger.claim("r0", "t/r0", [("dev/set", b"ON")]) is None
+    for i in range(1, 300):  # far more than max_rows, and hours later
+        now[0] += 60
+        ledger.admit(f"r{i}", f"t/r{i}", redelivered=False)
+        ledger.settle(f"r{i}", f"t/r{i}", b"{}")
+    ledger.prune()
+    ledger.close()
+    again = _ledger(tmp_path, window_s=60, max_rows=100, clock=lambda: now[0])  # a new run
+    assert again.admit("r0", "t/r0", redelivered=True).verdict is Verdict.RESUMED
+    assert again.claim("r0", "t/r0", [("dev/set", b"ON")]) == [("dev/set", b"ON")]
+
+
+def test_a_request_without_an_id_keeps_its_derived_id_across_a_crash(tmp_path):
+    """Without an id, edged derives one from the packet: the broker's redelivery (DUP) after a crash finds the
+    claim; the same words sent again later (not DUP) are a new request."""
+    from edged.service.intake import packet_id
+
+    msg = _copy(7, 1, 20)
+    rid = packet_id(msg)
+    assert rid == packet_id(_copy(9, 1, 20)) and rid != packet_id(_copy(7, 1, 21))
+    ledger = _ledger(tmp_path)
+    assert ledger.admit(rid, "t", redelivered=False).verdict is Verdict.NEW
+    assert ledger.claim(rid, "t", [("dev/set", b"ON")]) is None
+    ledger.close()
+    after_crash = _ledger(tmp_path)
+    assert after_crash.admit(rid, "t", redelivered=True).verdict is Verdict.RESUMED
+    assert after_crash.claim(rid, "t", [("dev/set", b"ON")]) == [("dev/set", b"ON")]
+    after_crash.settle(rid, "t", b"{}")
+    after_crash.confirmed(rid, "t")
+    assert after_crash.admit(rid, "t", redelivered=True).verdict is Verdict.ANSWERED
+    assert after_crash.admit(rid, "t", redelivered=False).verdict is Verdict.NEW  # said again: do it again

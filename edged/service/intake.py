@@ -7,6 +7,7 @@ once (the request was refused), an :class:`Admin` request for the main thread, o
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 
@@ -33,6 +34,7 @@ from edged.protocol import (
     valid_topic,
 )
 from edged.service.handler import Job, error_result
+from edged.service.ledger import DERIVED_PREFIX
 from edged.service.progress import Cancellations
 from edged.service.ratelimit import RateLimiter
 from edged.settings import RateLimitSettings, Settings
@@ -157,7 +159,7 @@ class Intake:
             return self._admin(msg, ADMIN_ACTIONS[suffix])
         kind = REQUEST_TOPICS.get(suffix)
         try:
-            request = parse_request(msg.payload, limits)
+            request = parse_request(msg.payload, limits, default_id=packet_id(msg))
             if kind is None:
                 raise RequestError(
                     ErrorCode.UNKNOWN_TOPIC,
@@ -315,6 +317,13 @@ class Intake:
         if msg.expiry_s:
             candidates.append(msg.received_at + msg.expiry_s)
         return min(candidates) if candidates else None
+
+
+def packet_id(msg: Inbound) -> str:
+    """The id of a request sent without one, from what the broker redelivers unchanged (topic, payload, MQTT 5
+    response topic and correlation data): a redelivery after a crash keeps its id, so the ledger knows it."""
+    parts = (msg.topic.encode(), (msg.response_topic or "").encode(), msg.correlation_data or b"", msg.payload)
+    return DERIVED_PREFIX + hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
 
 
 def _limiter(settings: RateLimitSettings | None, current: RateLimiter | None) -> RateLimiter | None:

@@ -32,6 +32,7 @@ from edged.bus.mqtt import Inbound
 log = structlog.get_logger("edged.ledger")
 
 PRUNE_EVERY = 64  # new requests between two prunes
+DERIVED_PREFIX = "pkt-"  # ids edged derives for requests sent without one (edged.service.intake.packet_id)
 MAX_COPIES = 8  # QoS 1 copies of a running request held unacknowledged; later ones are acknowledged at once
 
 _SCHEMA = """
@@ -51,6 +52,14 @@ CREATE TABLE IF NOT EXISTS dispatches (
     PRIMARY KEY (id, reply_topic, seq)
 );
 """
+
+
+# Prunable rows: never a request taken on with device commands claimed and no result yet (run again after a
+# crash, it must find its claim, however long edged was down and however many requests came since).
+_SETTLED = (
+    "NOT (state = 'accepted' AND EXISTS (SELECT 1 FROM dispatches d "
+    "WHERE d.id = requests.id AND d.reply_topic = requests.reply_topic))"
+)
 
 
 def _open(path: Path) -> sqlite3.Connection:
@@ -145,8 +154,10 @@ class Ledger:
             row = self._db.execute(
                 "SELECT state, run, sent, result, updated, digest FROM requests WHERE id=? AND reply_topic=?", key
             ).fetchone()
-            if row is not None and row[4] < now - self.window_s:
+            if row is not None and row[4] < now - self.window_s and not self._claimed(key, row[0]):
                 row = None  # outside the window: a new request that reuses an old id
+            if row is not None and row[0] == "done" and not redelivered and request_id.startswith(DERIVED_PREFIX):
+                row = None  # the same words sent again without an id: a new request (a redelivery has DUP set)
             if row is not None and digest and row[5] and digest != row[5]:
                 return Admit(Verdict.CONFLICT)
             if row is None:
@@ -176,6 +187,11 @@ class Ledger:
         if sent and redelivered:
             return Admit(Verdict.ANSWERED)
         return Admit(Verdict.REPLAY, bytes(result))
+
+    def _claimed(self, key: tuple[str, str], state: str) -> bool:
+        """Taken on, device commands claimed, no result: the request must find its claim when it comes back."""
+        found = self._db.execute("SELECT 1 FROM dispatches WHERE id=? AND reply_topic=? LIMIT 1", key).fetchone()
+        return state == "accepted" and found is not None
 
     def _follow(self, key: tuple[str, str], origin: Inbound | None) -> Admit:
         """A copy of a request in progress: keep its receipt (never its payload) to acknowledge with the original.
@@ -249,9 +265,9 @@ class Ledger:
         cutoff = self._clock() - self.window_s
         with self._lock:
             self._new_since_prune = 0
-            gone = self._db.execute("DELETE FROM requests WHERE updated < ?", (cutoff,)).rowcount
+            gone = self._db.execute(f"DELETE FROM requests WHERE updated < ? AND {_SETTLED}", (cutoff,)).rowcount
             gone += self._db.execute(
-                "DELETE FROM requests WHERE rowid IN "
+                f"DELETE FROM requests WHERE {_SETTLED} AND rowid IN "
                 "(SELECT rowid FROM requests ORDER BY updated DESC LIMIT -1 OFFSET ?)",
                 (self.max_rows,),
             ).rowcount
