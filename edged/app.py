@@ -191,9 +191,18 @@ class Daemon:
         if self.bus is not None:
             self.bus.publish(topic, payload)
 
-    def _publish_device(self, topic: str, payload: bytes) -> None:
-        self._publish(topic, payload)
-        log.info("device_command", topic=topic, payload=payload.decode(errors="replace"))
+    def _publish_device(self, topic: str, payload: bytes) -> bool:
+        """True once the broker took the command (off the network thread: a confirm there cannot wait)."""
+        if self.bus is None:
+            return False
+        delivery = self.bus.publish(topic, payload, retry_refused=False)
+        taken = (
+            None
+            if self.bus.on_network_thread()
+            else (delivery.wait(self.settings.mqtt.publish_timeout_s) and delivery.refused is None)
+        )
+        log.info("device_command", topic=topic, payload=payload.decode(errors="replace"), taken=taken)
+        return taken is not False
 
     def _broker_refused(self, _reason: str) -> None:
         """The bus gave up (bad credentials or certificate): stop, and exit with a code the service manager does not restart."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import time
 from dataclasses import replace
@@ -345,3 +346,105 @@ def test_a_corrupt_ledger_is_moved_aside_and_replaced(tmp_path):
     assert len(aside) == 1 and aside[0].read_bytes().startswith(b"this is not a database")
     assert [e for e in logs if e["event"] == "ledger_corrupt" and e["log_level"] == "error"]
     ledger.close()
+
+
+# -- 5: a refused publish is not a delivery --------------------------------------------------------------------
+@pytest.fixture
+def acl_broker(tmp_path):
+    """A private Mosquitto with passwords and an ACL: edged may write its status, results under result/ok/ and
+    the porch light's command topic only; the tester may do anything."""
+    from proc import Mosquitto, free_port, password_file
+
+    acl = tmp_path / "acl"
+    acl.write_text(
+        "user edged\ntopic read edged/acl/+\ntopic write edged/acl/status\ntopic write edged/acl/stats\n"
+        "topic write edged/acl/result/ok/#\ntopic write acl-dev/porch_light/set\n"
+        "user tester\ntopic readwrite #\n"
+    )
+    passwords = password_file(tmp_path / "passwords", {"edged": "e-secret", "tester": "t-secret"})
+    broker = Mosquitto(
+        free_port(),
+        tmp_path,
+        f"user {getpass.getuser()}\nallow_anonymous false\npassword_file {passwords}\nacl_file {acl}\n",
+    )
+    broker.start()
+    broker.acl = acl
+    broker.clients = []
+    yield broker
+    for client in broker.clients:
+        client.close()
+    broker.stop()
+
+
+def _tester(broker, base: str):
+    from edged.bus.client import EdgedClient
+
+    client = EdgedClient(base, port=broker.port, username="tester", password="t-secret", timeout=60)
+    broker.clients.append(client)
+    return client
+
+
+def _ask(client, base: str, body: dict) -> dict:
+    client.subscribe(body["reply_to"])
+    client.publish(f"{base}/command", json.dumps(body))
+    return client.wait_for(lambda m: m.topic == body["reply_to"], timeout=60).json()
+
+
+def _acl_daemon(start_daemon, tiny_model_dir, tmp_path, broker, **overrides):
+    from conftest import make_settings
+
+    registry = tmp_path / "registry.toml"
+    registry.write_text(SMALL.read_text().replace("test-devices/", "acl-dev/"))
+    mqtt = {
+        "port": broker.port,
+        "username": "edged",
+        "password": "e-secret",
+        "reconnect_min_s": 1,
+        "reconnect_max_s": 2,
+    }
+    settings = make_settings(
+        tiny_model_dir, node_id="acl", mqtt=mqtt, devices={"registry": registry}, model={"warm_up": False}
+    )
+    return start_daemon(settings, **overrides)
+
+
+def test_a_refused_result_is_retried_and_the_request_kept(
+    acl_broker, start_daemon, client_for, tiny_model_dir, tmp_path
+):
+    """The broker refuses the result (PUBACK "not authorized"): edged does not take that for delivery. It keeps
+    the request unacknowledged and retries with backoff, so once the ACL allows it the result arrives, once."""
+    import signal
+
+    from tally import log_events
+
+    with log_events() as events:
+        d = _acl_daemon(start_daemon, tiny_model_dir, tmp_path, acl_broker)
+        c = _tester(acl_broker, d.base)
+        reply = "edged/acl/result/denied/1"
+        c.subscribe(reply)
+        assert _ask(c, d.base, {"id": "ok-1", "text": "on", "reply_to": "edged/acl/result/ok/1"})["id"] == "ok-1"
+        c.publish(f"{d.base}/command", json.dumps({"id": "denied-1", "text": "lights on", "reply_to": reply}))
+        refused = events.wait_for("mqtt_publish_refused", topic=reply, attempt=2)  # retried, refused again
+        assert refused["code"] == 135 and d.bus.refused >= 2 and d.bus.unconfirmed() >= 1
+        grant = "topic write edged/acl/result/#\nuser tester"
+        acl_broker.acl.write_text(acl_broker.acl.read_text().replace("user tester", grant))
+        acl_broker.proc.send_signal(signal.SIGHUP)  # Mosquitto re-reads its ACL
+        result = c.wait_for(lambda m: m.topic == reply, timeout=60).json()
+        assert result["id"] == "denied-1"
+        assert _ask(c, d.base, {"id": "ok-2", "text": "and now?", "reply_to": "edged/acl/result/ok/2"})["id"] == "ok-2"
+        assert len(c.messages(reply)) == 1
+
+
+def test_dispatched_means_the_broker_took_the_device_command(
+    acl_broker, start_daemon, client_for, engine, tiny_model_dir, tmp_path
+):
+    """A device command the broker refuses is reported dispatched: false; one it took, dispatched: true."""
+    answer = (
+        '{"actions":[{"device":"porch_light","action":"turn_on","params":{}},'
+        '{"device":"thermostat","action":"set_temperature","params":{"setpoint":20}}],"say":"ok"}'
+    )
+    d = _acl_daemon(start_daemon, tiny_model_dir, tmp_path, acl_broker, use_engine=ScriptedAnswers(engine, [answer]))
+    c = _tester(acl_broker, d.base)
+    result = _ask(c, d.base, {"id": "ok-3", "text": "porch on, heating 20", "reply_to": "edged/acl/result/ok/3"})
+    dispatched = {a["device"]: a["dispatched"] for a in result["result"]["actions"]}
+    assert dispatched == {"porch_light": True, "thermostat": False}

@@ -19,7 +19,7 @@ from edged.protocol import ErrorCode, ErrorInfo, Status
 
 log = structlog.get_logger("edged.commands")
 
-Publish = Callable[[str, bytes], None]
+Publish = Callable[[str, bytes], bool | None]  # False: the broker refused it (or never confirmed it)
 # (request id, reply topic, [(topic, payload)]) -> None to go ahead (claimed), else what an earlier run already sent
 Claim = Callable[[str, str, list[tuple[str, bytes]]], list[tuple[str, bytes]] | None]
 
@@ -94,8 +94,7 @@ class DeviceControl:
         if earlier is not None:  # run again after a crash that came after the dispatch: never send twice
             log.warning("dispatch_already_done", id=request_id, commands=len(earlier))
             now = []
-        for action in now:
-            self._publish(action.topic, action.payload)  # type: ignore[arg-type]
+        now = [a for a in now if self._publish(a.topic, a.payload) is not False]  # type: ignore[arg-type]
         listed = [{**a.describe(), "dispatched": a in now, "needs_confirmation": a.needs_confirmation} for a in actions]
         result: dict[str, Any] = {"actions": listed, "say": say, "registry": registry.version}
         if earlier is not None:
