@@ -10,10 +10,13 @@ import os
 import re
 import socket
 import ssl
+import stat
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+import structlog
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -34,6 +37,12 @@ from pydantic_settings import (
 from edged.bus.tls import client_context
 from edged.diagnostics.telemetry import TelemetrySettings
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+log = structlog.get_logger("edged.settings")
 CONFIG_ENV = "EDGED_CONFIG"
 DEFAULT_CONFIG_PATHS = (Path("/etc/edged/edged.toml"), Path("~/.config/edged/edged.toml"))
 
@@ -460,7 +469,25 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
     if path is None:
         return Settings(**overrides)
     with_file = type("Settings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": path}})
-    return with_file(**overrides)
+    settings = with_file(**overrides)
+    if exposed_secret(path):
+        log.warning(
+            "mqtt_password_readable",
+            path=str(path),
+            hint="the file holds mqtt.password and others may read it: chmod 600, or use password_file",
+        )
+    return settings
+
+
+def exposed_secret(path: Path) -> bool:
+    """True when ``path`` sets ``mqtt.password`` inline and users other than its owner and group may read it."""
+    try:
+        readable = bool(path.stat().st_mode & stat.S_IROTH)
+        data = tomllib.loads(path.read_text(encoding="utf-8")) if readable else {}
+    except (OSError, ValueError):
+        return False
+    mqtt = data.get("mqtt")
+    return readable and isinstance(mqtt, dict) and "password" in mqtt
 
 
 def error_lines(exc: ValidationError) -> list[str]:

@@ -448,3 +448,45 @@ def test_dispatched_means_the_broker_took_the_device_command(
     result = _ask(c, d.base, {"id": "ok-3", "text": "porch on, heating 20", "reply_to": "edged/acl/result/ok/3"})
     dispatched = {a["device"]: a["dispatched"] for a in result["result"]["actions"]}
     assert dispatched == {"porch_light": True, "thermostat": False}
+
+
+# -- 11: secrets stay out of reprs, tracebacks and readable files ----------------------------------------------
+def test_secrets_stay_out_of_reprs_and_console_tracebacks():
+    """The MQTT password is not in BusConfig's repr, nor in a console traceback's local variables."""
+    import uuid
+
+    from edged.app import _bus_config
+    from edged.ops.logs import console_renderer
+
+    secret = f"pw-{uuid.uuid4().hex}"  # not in any source line a traceback shows
+    settings = Settings(node_id="sec-test", model={"path": "/nonexistent"}, mqtt={"password": secret})
+    config = _bus_config(settings)
+    assert config.password == secret and secret not in repr(config)
+
+    def connect(cfg: object) -> None:
+        password = settings.mqtt.resolved_password()  # a local holding the secret, as in real connect code
+        raise ConnectionError(f"refused for user {len(password or '')}")
+
+    try:
+        connect(config)
+    except ConnectionError:
+        rendered = console_renderer()(None, "error", {"event": "mqtt_failed", "exc_info": True})
+    assert "ConnectionError" in rendered and secret not in rendered
+
+
+def test_an_inline_password_in_a_world_readable_config_is_warned_about(tmp_path):
+    from structlog.testing import capture_logs
+
+    from edged.settings import load_settings
+
+    config = tmp_path / "edged.toml"
+    config.write_text('node_id = "n"\n[mqtt]\npassword = "hunter2"\n')
+    config.chmod(0o644)
+    with capture_logs() as logs:
+        load_settings(config)
+    warned = [e for e in logs if e["event"] == "mqtt_password_readable"]
+    assert warned and "hunter2" not in repr(warned)
+    config.chmod(0o600)
+    with capture_logs() as logs:
+        load_settings(config)
+    assert not [e for e in logs if e["event"] == "mqtt_password_readable"]

@@ -41,7 +41,7 @@ class BusConfig:
     client_id: str
     mqtt5: bool = True
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)  # never in a repr, a log line or a traceback
     keepalive_s: int = 30
     session_expiry_s: int = 86400
     reconnect_min_s: float = 1.0

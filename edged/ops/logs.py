@@ -70,7 +70,14 @@ def _renderer(fmt: Format, stream: Any, environ: Mapping[str, str] | None) -> An
         fmt = "journal" if under_journal(stream, environ) else "console" if stream.isatty() else "json"
     if fmt == "journal":
         return JournalRenderer()
-    return structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer()
+    return structlog.processors.JSONRenderer() if fmt == "json" else console_renderer()
+
+
+def console_renderer() -> structlog.dev.ConsoleRenderer:
+    """Coloured console lines; tracebacks without local variables (they may hold a password or a key)."""
+    dev = structlog.dev
+    formatter = dev.RichTracebackFormatter(show_locals=False) if dev.rich is not None else dev.plain_traceback
+    return dev.ConsoleRenderer(exception_formatter=formatter)
 
 
 def _not_paho_stop_noise(record: logging.LogRecord) -> bool:
