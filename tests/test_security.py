@@ -490,3 +490,20 @@ def test_an_inline_password_in_a_world_readable_config_is_warned_about(tmp_path)
     with capture_logs() as logs:
         load_settings(config)
     assert not [e for e in logs if e["event"] == "mqtt_password_readable"]
+
+
+# -- 9: sessions belong to their caller ------------------------------------------------------------------------
+def test_a_session_key_reaches_only_its_own_callers_history(start_daemon, client_for):
+    """Two callers with different reply trees (inboxes) using the same session key get separate histories: the
+    second caller's prompt carries nothing of the first's conversation; the first's own follow-up does."""
+    d = start_daemon()
+    c = client_for(d.base)
+
+    def ask(inbox: str, rid: str) -> dict:
+        return _ask(c, d.base, {"id": rid, "text": "lights on", "session": "shared-key", "reply_to": f"{inbox}/{rid}"})
+
+    first = ask("edged/inbox/alice", "a1")
+    other = ask("edged/inbox/mallory", "m1")
+    again = ask("edged/inbox/alice", "a2")
+    assert other["usage"]["prompt_tokens"] == first["usage"]["prompt_tokens"]  # mallory saw no history
+    assert again["usage"]["prompt_tokens"] > first["usage"]["prompt_tokens"]  # alice's session continues

@@ -18,7 +18,7 @@ from edged.engine.errors import ContextOverflow
 from edged.prompts import Turn, build_messages
 from edged.protocol import ErrorCode, ErrorInfo, Kind, Mode, Priority, Request, Result, Status, Timing, Usage
 from edged.service.router import Route, route
-from edged.service.sessions import SessionStore
+from edged.service.sessions import SessionStore, session_key
 from edged.settings import ModelSettings, SamplingSettings
 
 log = structlog.get_logger("edged.service")
@@ -192,7 +192,8 @@ class Service:
                 **base,
             )
         self._report(job, 0)  # "started": before the prompt is built (telemetry summaries take a moment)
-        session = self._sessions.get(req.session) if req.session else None
+        key = session_key(req.session, job.reply_topic, job.client) if req.session else None
+        session = self._sessions.get(key) if key else None
         chosen = route(job.kind, req.text, think=req.think, remembered=session.switch if session else None)
         mode, notes = chosen.mode, []
         if mode == "think" and not self._engine.supports_thinking:
@@ -238,8 +239,8 @@ class Service:
                 req.id, ErrorCode.DEADLINE_EXCEEDED, "deadline passed during generation", status="timeout", **common
             )
         outcome = plan.finish(gen)
-        if req.session and outcome.remember:
-            self._remember(req.session, chosen, gen)
+        if key and outcome.remember:
+            self._remember(key, chosen, gen)
         result = outcome.result
         if result is not None:
             notes = [*result.get("notes", ()), *notes]
