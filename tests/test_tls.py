@@ -230,6 +230,32 @@ def test_refused_credentials_stop_with_one_event_and_exit_3(case, pki, secure_br
     assert len(connections()) <= 2, connections()
 
 
+def test_a_broker_certificate_for_another_host_is_refused(pki, tiny_model_dir, tmp_path):
+    """The broker's certificate is signed by the trusted CA but names another host (broker.example, not
+    127.0.0.1): edged refuses it as a posing broker, with one mqtt_tls_failed event and exit code 3."""
+    elsewhere = pki.ca.issue("broker-elsewhere", server=True, names=("broker.example",))
+    workdir = tmp_path / "broker"
+    workdir.mkdir()
+    conf = secure_broker_conf(
+        ca_file=pki.ca.ca_file,
+        cert_file=elsewhere.cert,
+        key_file=elsewhere.key,
+        password_file=password_file(workdir / "passwords", PASSWORDS),
+    )
+    broker = Mosquitto(free_port(), workdir, conf)
+    broker.start()
+    edged = _edged(tmp_path, tiny_model_dir, broker.port, ca=pki.ca.ca_file, cert=pki.edged)
+    try:
+        code = edged.proc.wait(RUN_TIMEOUT)
+    finally:
+        if edged.proc.poll() is None:
+            edged.stop(signal.SIGKILL)
+        broker.stop()
+    fatal = [e for e in edged.events() if e["event"] in FATAL_EVENTS]
+    assert code == 3 and len(fatal) == 1 and fatal[0]["event"] == "mqtt_tls_failed", fatal
+    assert "mismatch" in fatal[0]["reason"] or "hostname" in fatal[0]["reason"], fatal[0]["reason"]
+
+
 def test_unreachable_broker_is_retried_with_backoff_then_served(pki, tiny_model_dir, tmp_path):
     """Connection refused is transient: attempts 1, 2, 3 ... with the delay doubling to its cap; then edged connects."""
     port = free_port()
