@@ -236,13 +236,17 @@ def parse_confirm(payload: bytes, limits: Limits) -> ConfirmRequest:
     return confirm if confirm.id else confirm.model_copy(update={"id": new_id()})
 
 
-def parse_cancel(payload: bytes, limits: Limits) -> str:
-    """The request id a ``{base}/cancel`` payload names (``{"id": ...}`` or the bare id)."""
+def parse_cancel(payload: bytes, limits: Limits) -> tuple[str, str | None]:
+    """The request a ``{base}/cancel`` payload names: ``{"id": ..., "reply_to": ...}`` (``reply_to``: the
+    request's, when it had one) or the bare id."""
     data = _decode(payload, limits)
     target = data.get("id", data.get("text", "")).strip() if isinstance(data.get("id", data.get("text")), str) else None
-    if set(data) - {"id", "text"} or not target or not re.fullmatch(ID_PATTERN, target):
-        raise RequestError(ErrorCode.BAD_ID, 'cancel takes {"id": "<request id>"} or the bare id')
-    return target
+    reply_to = data.get("reply_to")
+    if set(data) - {"id", "text", "reply_to"} or not target or not re.fullmatch(ID_PATTERN, target):
+        raise RequestError(ErrorCode.BAD_ID, 'cancel takes {"id": "<request id>", "reply_to": "<its reply_to>"}')
+    if reply_to is not None and not (isinstance(reply_to, str) and valid_topic(reply_to)):
+        raise RequestError(ErrorCode.BAD_REPLY_TO, "cancel: reply_to must be the request's reply topic", id=target)
+    return target, reply_to
 
 
 def _decode(payload: bytes, limits: Limits) -> dict[str, Any]:

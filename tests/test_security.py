@@ -138,7 +138,7 @@ def test_refusals_are_rate_limited_like_requests():
     intake = _intake(requests={"rate_limit": {"per_minute": 1, "burst": 3}})
     flood = [intake.decide(_inbound("command", b"{bad", user_properties=(("client", "mallory"),))) for _ in range(50)]
     answered = [d for d in flood if isinstance(d, Reply)]
-    assert len(answered) == 3 and flood[3:] == [None] * 47 and intake.refusals_dropped == 47
+    assert len(answered) == 12 and flood[12:] == [None] * 38 and intake.refusals_dropped == 38  # REFUSAL_BURST x 3
     other = intake.decide(_inbound("command", b"{bad", user_properties=(("client", "panel"),)))
     assert isinstance(other, Reply) and other.result.error.code.value == "bad_json"
 
@@ -507,3 +507,43 @@ def test_a_session_key_reaches_only_its_own_callers_history(start_daemon, client
     again = ask("edged/inbox/alice", "a2")
     assert other["usage"]["prompt_tokens"] == first["usage"]["prompt_tokens"]  # mallory saw no history
     assert again["usage"]["prompt_tokens"] > first["usage"]["prompt_tokens"]  # alice's session continues
+
+
+# -- 10: cancel and confirm are bound to the caller -------------------------------------------------------------
+def test_a_bare_id_cancels_only_a_request_answered_on_the_default_topic():
+    """A cancel names the request by id and reply topic: knowing another caller's id is not enough."""
+    from edged.service.progress import cancel_key
+
+    intake = _intake()
+    assert intake.decide(_inbound("cancel", {"id": "r1"})) is None
+    assert intake.cancellations(cancel_key("r1", f"{BASE}/result/r1"))
+    assert not intake.cancellations(cancel_key("r1", "edged/inbox/alice/r1"))  # alice's r1 keeps running
+    intake.decide(_inbound("cancel", {"id": "r1", "reply_to": "edged/inbox/alice/r1"}))
+    assert intake.cancellations(cancel_key("r1", "edged/inbox/alice/r1"))
+
+
+def test_a_confirmation_token_works_only_for_its_caller_and_registry(tmp_path):
+    """A token redeems only from the reply tree its command was answered on, and not after the registry changed;
+    a wrong caller's attempt leaves it pending. Evicting a pending token is logged."""
+    from structlog.testing import capture_logs
+
+    path = tmp_path / "r.toml"
+    path.write_text(SMALL.read_text())
+    store = RegistryStore(path)
+    sent: list[tuple[str, bytes]] = []
+    control = DeviceControl(store, DeviceStates(), Confirmations(60), lambda t, p: sent.append((t, p)))
+    unlock = '{"actions":[{"device":"front_door","action":"unlock","params":{}}],"say":""}'
+    held = control.outcome(store.current, "r1", unlock, dispatch=None, reply_topic="edged/inbox/alice/r1")
+    token = held.result["confirmation"]["token"]
+    stolen = control.confirm(token, reply_topic="edged/inbox/mallory/c1")
+    assert (stolen.status, stolen.code, sent) == ("error", "token_unknown", [])
+    assert control.confirm(token, reply_topic="edged/inbox/alice/c1").status == "ok" and len(sent) == 1
+    again = control.outcome(store.current, "r2", unlock, dispatch=None, reply_topic="edged/inbox/alice/r2")
+    path.write_text(SMALL.read_text() + "\n# edited\n")  # a new registry version
+    late = control.confirm(again.result["confirmation"]["token"], reply_topic="edged/inbox/alice/c2")
+    assert (late.status, late.code, len(sent)) == ("error", "token_expired", 1)
+    small = Confirmations(60, max_pending=2)
+    with capture_logs() as logs:
+        for i in range(3):
+            small.hold(f"q{i}", [])
+    assert [e["request"] for e in logs if e["event"] == "confirmation_evicted"] == ["q0"]

@@ -10,7 +10,7 @@ import structlog
 from pydantic import BaseModel
 
 from edged.devices.actions import InvalidAnswer, Resolved, output_model, parse_answer
-from edged.devices.confirmations import Confirmations, TokenError
+from edged.devices.confirmations import Confirmations, TokenError, reply_tree
 from edged.devices.prompts import device_messages
 from edged.devices.registry import Registry, RegistryStore
 from edged.devices.state import DeviceStates
@@ -101,7 +101,7 @@ class DeviceControl:
             result["already_dispatched"] = [{"topic": t, "payload": p.decode(errors="replace")} for t, p in earlier]
         if not held or not send:  # a dry run only shows which actions would need confirmation
             return Outcome("ok", result, dispatched=now)
-        token = self.confirmations.hold(request_id, held)
+        token = self.confirmations.hold(request_id, held, scope=reply_tree(reply_topic), version=registry.version)
         result["confirmation"] = {
             "token": token,
             "expires_in_s": self.confirmations.ttl_s,
@@ -109,10 +109,11 @@ class DeviceControl:
         }
         return Outcome("needs_confirmation", result, dispatched=now)
 
-    def confirm(self, token: str) -> Outcome:
-        """Dispatch exactly the actions held under ``token``, once."""
+    def confirm(self, token: str, *, reply_topic: str | None = None) -> Outcome:
+        """Dispatch exactly the actions held under ``token``, once, for the caller (reply tree) it was issued to."""
+        scope = reply_tree(reply_topic) if reply_topic is not None else None
         try:
-            pending = self.confirmations.redeem(token)
+            pending = self.confirmations.redeem(token, scope=scope, version=self.store.get().version)
         except TokenError as exc:
             return Outcome("error", {}, exc.code, str(exc))
         for action in pending.actions:

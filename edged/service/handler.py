@@ -17,6 +17,7 @@ from edged.diagnostics.diagnosis import Diagnostics
 from edged.engine.errors import ContextOverflow
 from edged.prompts import Turn, build_messages
 from edged.protocol import ErrorCode, ErrorInfo, Kind, Mode, Priority, Request, Result, Status, Timing, Usage
+from edged.service.progress import cancel_key
 from edged.service.router import Route, route
 from edged.service.sessions import SessionStore, session_key
 from edged.settings import ModelSettings, SamplingSettings
@@ -115,7 +116,7 @@ class StopCheck:
         self.tokens += 1
         self._progress()
         self._report(self._job, self.tokens)
-        if self._cancelled(self._job.request.id or ""):
+        if self._cancelled(cancel_key(self._job.request.id or "", self._job.reply_topic)):
             self.reason = "cancelled"
         elif self._job.deadline is not None and self._clock() >= self._job.deadline:
             self.reason = "deadline"
@@ -180,7 +181,7 @@ class Service:
         assert req.id is not None
         timing = Timing(queue=_ms(self._clock() - job.received_at))
         base = {"kind": job.kind, "model": self._engine.name, "timing_ms": timing}
-        if self._cancelled(req.id):
+        if self._cancelled(cancel_key(req.id, job.reply_topic)):
             return error_result(req.id, ErrorCode.CANCELLED, "cancelled before it started", **base)
         if job.deadline is not None and self._clock() >= job.deadline:
             timing.total = timing.queue

@@ -35,7 +35,7 @@ from edged.protocol import (
 )
 from edged.service.handler import Job, error_result
 from edged.service.ledger import DERIVED_PREFIX
-from edged.service.progress import Cancellations
+from edged.service.progress import Cancellations, cancel_key
 from edged.service.ratelimit import RateLimiter
 from edged.settings import RateLimitSettings, Settings
 
@@ -48,6 +48,7 @@ EVERY_INSTANCE = (
 )  # in a shared group these reach every instance: tokens and running requests are local
 OWN_TOPICS = {"status", "stats"}  # published by edged itself under {base}/
 ADMIN_ACTIONS = {"admin/reload": "reload"}
+REFUSAL_BURST = 4  # refusals (rate_limited included) have a bucket of their own, this many times the burst
 DEFAULT_PRIORITY: dict[str, Priority] = {"command": "high", "query": "normal"}
 
 
@@ -111,7 +112,7 @@ class Intake:
         req = settings.requests
         self._current = (settings, Limits(req.max_payload_bytes, req.max_text_chars, req.max_context_bytes))
         self._limiter = _limiter(req.rate_limit, self._limiter)
-        self._refusal_limiter = _limiter(req.rate_limit, self._refusal_limiter)  # refusals have their own bucket
+        self._refusal_limiter = _limiter(req.rate_limit, self._refusal_limiter, burst_factor=REFUSAL_BURST)
         self._reply_prefixes = tuple(p.replace("{base}", self.base) for p in req.reply_prefixes)
 
     def subscriptions(self) -> list[str]:
@@ -264,7 +265,7 @@ class Intake:
         except RequestError as exc:
             return self._refuse(msg, exc, "confirm")
         assert request.id is not None
-        outcome = self.devices.confirm(request.token)
+        outcome = self.devices.confirm(request.token, reply_topic=self.reply_topic(msg, request.id, request.reply_to))
         result = Result(
             id=request.id,
             kind="confirm",
@@ -277,11 +278,12 @@ class Intake:
     def _cancel(self, msg: Inbound, limits: Limits) -> Reply | None:
         """``{base}/cancel``: ``{"id": ...}`` or the bare id; that request ends with code cancelled."""
         try:
-            target = parse_cancel(msg.payload, limits)
+            target, reply_to = parse_cancel(msg.payload, limits)
         except RequestError as exc:
             return self._refuse(msg, exc, None)
-        self.cancellations.add(target)
-        log.info("cancel_requested", id=target)
+        reply_topic = reply_to or msg.response_topic or f"{self.base}/result/{target}"
+        self.cancellations.add(cancel_key(target, reply_topic))  # only the request answered there stops
+        log.info("cancel_requested", id=target, reply_topic=excerpt(reply_topic, 120))
         return None
 
     def _admin(self, msg: Inbound, action: str) -> Admin | Reply | None:
@@ -326,11 +328,13 @@ def packet_id(msg: Inbound) -> str:
     return DERIVED_PREFIX + hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
 
 
-def _limiter(settings: RateLimitSettings | None, current: RateLimiter | None) -> RateLimiter | None:
+def _limiter(
+    settings: RateLimitSettings | None, current: RateLimiter | None, *, burst_factor: int = 1
+) -> RateLimiter | None:
     """The limiter for ``settings``: the current one (its buckets) when they did not change."""
     if settings is None:
         return None
-    wanted = (settings.per_minute, settings.burst, settings.max_clients)
+    wanted = (settings.per_minute, settings.burst * burst_factor, settings.max_clients)
     if current is not None and (current.per_minute, current.burst, current.max_clients) == wanted:
         return current
-    return RateLimiter(per_minute=settings.per_minute, burst=settings.burst, max_clients=settings.max_clients)
+    return RateLimiter(per_minute=wanted[0], burst=wanted[1], max_clients=wanted[2])
