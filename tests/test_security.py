@@ -547,3 +547,99 @@ def test_a_confirmation_token_works_only_for_its_caller_and_registry(tmp_path):
         for i in range(3):
             small.hold(f"q{i}", [])
     assert [e["request"] for e in logs if e["event"] == "confirmation_evicted"] == ["q0"]
+
+
+# -- 6: a real kill -9 after the dispatch ----------------------------------------------------------------------
+CRASH_REGISTRY = """
+name = "crash"
+[[areas]]
+id = "porch"
+name = "Porch"
+[[devices]]
+id = "porch_light"
+name = "Porch light"
+area = "porch"
+type = "light"
+command_topic = "{prefix}/porch_light/set"
+"""
+SMOL = {  # greedy SmolLM2: "turn on the porch light" reliably becomes a dispatched action
+    "EDGED_MODEL__NAME": "SmolLM2-135M-Instruct",
+    "EDGED_MODEL__NO_THINK__TEMPERATURE": "0",
+    "EDGED_MODEL__NO_THINK__TOP_P": "1",
+    "EDGED_MODEL__NO_THINK__TOP_K": "0",
+    "EDGED_MODEL__NO_THINK__MAX_TOKENS": "160",
+}
+
+
+@pytest.mark.timeout(1200)  # SmolLM2 runs the command twice on 2 shared cores
+@pytest.mark.parametrize("with_id", [True, False])
+def test_kill_9_after_the_dispatch_never_dispatches_again(with_id, smollm2_dir, tmp_path):
+    """`edged run` dispatches the porch light, then the broker refuses its result (ACL), so the request stays
+    unacknowledged; edged is killed with SIGKILL. Restarted (results now allowed), it gets the broker's
+    redelivery, answers it, and the device command has gone out exactly once: with an id, and without one
+    (edged derives the same id from the redelivered packet)."""
+    import signal
+
+    from proc import Edged, Mosquitto, free_port, password_file, write_config
+
+    from edged.bus.client import EdgedClient
+
+    node, prefix = "crash9", f"crash-{'id' if with_id else 'noid'}"
+    base = f"edged/{node}"
+    acl = tmp_path / "acl"
+    rules = f"topic read {base}/+\ntopic write {base}/status\ntopic write {base}/stats\ntopic write {prefix}/+/set\n"
+    acl.write_text(f"user edged\n{rules}user tester\ntopic readwrite #\n")
+    passwords = password_file(tmp_path / "passwords", {"edged": "e-secret", "tester": "t-secret"})
+    (tmp_path / "edged-password").write_text("e-secret\n")
+    broker = Mosquitto(
+        free_port(),
+        tmp_path,
+        f"user {getpass.getuser()}\nallow_anonymous false\npassword_file {passwords}\nacl_file {acl}\n",
+    )
+    broker.start()
+    registry = tmp_path / "registry.toml"
+    registry.write_text(CRASH_REGISTRY.format(prefix=prefix))
+    config = write_config(tmp_path / "edged.toml", smollm2_dir, node, f'[devices]\nregistry = "{registry}"\n')
+    env = {
+        **SMOL,
+        "EDGED_MODEL__PATH": str(smollm2_dir),
+        "EDGED_MQTT__PORT": str(broker.port),
+        "EDGED_MQTT__USERNAME": "edged",
+        "EDGED_MQTT__PASSWORD_FILE": str(tmp_path / "edged-password"),
+    }
+    runs: list[Edged] = []
+    try:
+        with EdgedClient(base, port=broker.port, username="tester", password="t-secret", timeout=240) as c:
+            for topic in (f"{base}/status", f"{base}/result/+", f"{prefix}/#"):
+                c.subscribe(topic)
+
+            def start() -> Edged:
+                seen = len(c.messages(f"{base}/status"))
+                runs.append(Edged(config, tmp_path / f"edged-{len(runs)}.log", env))
+                c.wait_for(lambda m: m.topic == f"{base}/status" and m.json()["state"] == "online", after=seen)
+                return runs[-1]
+
+            first = start()
+            body = {"text": "turn on the porch light", **({"id": "k1"} if with_id else {})}
+            c.publish(f"{base}/command", json.dumps(body))
+            c.wait_for(lambda m: m.topic == f"{prefix}/porch_light/set")  # dispatched
+            first.wait_event(lambda: any(e["event"] == "mqtt_publish_refused" for e in first.events()))
+            sent = len([e for e in first.events() if e["event"] == "device_command"])
+            c.wait_for(lambda _m: len([m for m in c.messages() if m.topic.startswith(prefix + "/")]) >= sent)
+            before = [(m.topic, m.payload.decode()) for m in c.messages() if m.topic.startswith(prefix + "/")]
+            first.stop(signal.SIGKILL)  # the result never reached the broker; the request is not acknowledged
+            acl.write_text(f"user edged\n{rules}topic write {base}/result/#\nuser tester\ntopic readwrite #\n")
+            broker.proc.send_signal(signal.SIGHUP)
+            second = start()
+            result = c.wait_for(lambda m: m.topic.startswith(f"{base}/result/")).json()
+            device = c.messages(f"{prefix}/porch_light/set")
+        resumed = [e for e in second.events() if e["event"] == "request_resumed"]
+        print(f"\nkill -9 after dispatch (id={with_id}): device commands {len(device)}, result {result.get('status')}")
+        assert len(device) == len(before), "a device command went out again after the crash"
+        assert [e["id"] for e in resumed] == [result["id"]] and result["id"].startswith("k1" if with_id else "pkt-")
+        assert [(d["topic"], d["payload"]) for d in result["result"]["already_dispatched"]] == before
+    finally:
+        for run in runs:
+            if run.proc.poll() is None:
+                run.stop(signal.SIGKILL)
+        broker.stop()
