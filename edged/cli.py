@@ -1,4 +1,5 @@
-"""Command line: ``edged run``, ``edged config check``, ``edged model build-test``, ``edged service install``, ``edged demo``, ``edged bench``, ``edged bench-diagnostics``."""
+"""Command line: ``edged run``, ``edged config check``, ``edged model build-test``, ``edged service install``,
+``edged demo``, ``edged bench``, ``edged bench-diagnostics``."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from edged import __version__
 from edged.engine.blas import preload_blas
 from edged.models import cli as model_cli
 from edged.ops.logs import setup_logging
-from edged.settings import Settings, error_lines, load_settings
+from edged.settings import Settings, error_lines, load_settings, warn_exposed_secret
 
 EXIT_CONFIG = 2
 log = structlog.get_logger("edged.cli")
@@ -141,7 +142,7 @@ def _install_service(args: argparse.Namespace) -> int:
         written = sf.install_systemd(args.dest or Path("/etc/systemd/system"), config)
         steps = sf.systemd_next_steps(config)
     else:
-        scope = "agent" if args.agent else "daemon"
+        scope: sf.LaunchdScope = "agent" if args.agent else "daemon"
         user = args.user or os.environ.get("SUDO_USER") or getpass.getuser()
         written = sf.install_launchd(scope, args.dest, config, user, Path.home())
         steps = sf.launchd_next_steps(scope, written[0])
@@ -194,15 +195,17 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging("warning")
         return run_demo(args.config, args.model)
     if args.command in ("bench", "bench-diagnostics"):
-        from edged.bench import diagnostics, run
+        from edged.bench import diagnostics
+        from edged.bench import run as bench
 
         setup_logging("info", "console" if sys.stderr.isatty() else "json", stream=sys.stderr)
-        return (run.run if args.command == "bench" else diagnostics.run)(args)
+        return (bench.run if args.command == "bench" else diagnostics.run)(args)
 
     settings = _load(args.config)
     if settings is None:
         return EXIT_CONFIG
     setup_logging(settings.log.level, settings.log.format, levels=settings.log.levels)
+    warn_exposed_secret(args.config)
     control = _control_on_signals()
     preload_blas(settings.model.blas)  # before mlx is first imported
     from edged.app import run

@@ -469,14 +469,21 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
     if path is None:
         return Settings(**overrides)
     with_file = type("Settings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": path}})
-    settings = with_file(**overrides)
-    if exposed_secret(path):
-        log.warning(
-            "mqtt_password_readable",
-            path=str(path),
-            hint="the file holds mqtt.password and others may read it: chmod 600, or use password_file",
-        )
-    return settings
+    return with_file(**overrides)
+
+
+def warn_exposed_secret(config: Path | None) -> bool:
+    """Log ``mqtt_password_readable`` (once logging is set up) when the config file sets ``mqtt.password``
+    and users other than its owner and group may read it."""
+    path = find_config_file(config)
+    if path is None or not exposed_secret(path):
+        return False
+    log.warning(
+        "mqtt_password_readable",
+        path=str(path),
+        hint="the file holds mqtt.password and others may read it: chmod 600, or use password_file",
+    )
+    return True
 
 
 def exposed_secret(path: Path) -> bool:

@@ -477,18 +477,18 @@ def test_secrets_stay_out_of_reprs_and_console_tracebacks():
 def test_an_inline_password_in_a_world_readable_config_is_warned_about(tmp_path):
     from structlog.testing import capture_logs
 
-    from edged.settings import load_settings
+    from edged.settings import warn_exposed_secret
 
     config = tmp_path / "edged.toml"
     config.write_text('node_id = "n"\n[mqtt]\npassword = "hunter2"\n')
     config.chmod(0o644)
     with capture_logs() as logs:
-        load_settings(config)
+        assert warn_exposed_secret(config)
     warned = [e for e in logs if e["event"] == "mqtt_password_readable"]
     assert warned and "hunter2" not in repr(warned)
     config.chmod(0o600)
     with capture_logs() as logs:
-        load_settings(config)
+        assert not warn_exposed_secret(config)
     assert not [e for e in logs if e["event"] == "mqtt_password_readable"]
 
 
@@ -571,7 +571,7 @@ SMOL = {  # greedy SmolLM2: "turn on the porch light" reliably becomes a dispatc
 }
 
 
-@pytest.mark.timeout(1200)  # SmolLM2 runs the command twice on 2 shared cores
+@pytest.mark.timeout(2400)  # SmolLM2 runs the command twice, on 2 shared cores: minutes each under load
 @pytest.mark.parametrize("with_id", [True, False])
 def test_kill_9_after_the_dispatch_never_dispatches_again(with_id, smollm2_dir, tmp_path):
     """`edged run` dispatches the porch light, then the broker refuses its result (ACL), so the request stays
@@ -609,7 +609,7 @@ def test_kill_9_after_the_dispatch_never_dispatches_again(with_id, smollm2_dir, 
     }
     runs: list[Edged] = []
     try:
-        with EdgedClient(base, port=broker.port, username="tester", password="t-secret", timeout=240) as c:
+        with EdgedClient(base, port=broker.port, username="tester", password="t-secret", timeout=1000) as c:
             for topic in (f"{base}/status", f"{base}/result/+", f"{prefix}/#"):
                 c.subscribe(topic)
 
@@ -623,7 +623,7 @@ def test_kill_9_after_the_dispatch_never_dispatches_again(with_id, smollm2_dir, 
             body = {"text": "turn on the porch light", **({"id": "k1"} if with_id else {})}
             c.publish(f"{base}/command", json.dumps(body))
             c.wait_for(lambda m: m.topic == f"{prefix}/porch_light/set")  # dispatched
-            first.wait_event(lambda: any(e["event"] == "mqtt_publish_refused" for e in first.events()))
+            first.wait_event(lambda: any(e["event"] == "mqtt_publish_refused" for e in first.events()), timeout=300)
             sent = len([e for e in first.events() if e["event"] == "device_command"])
             c.wait_for(lambda _m: len([m for m in c.messages() if m.topic.startswith(prefix + "/")]) >= sent)
             before = [(m.topic, m.payload.decode()) for m in c.messages() if m.topic.startswith(prefix + "/")]
