@@ -20,7 +20,7 @@ from edged.models.store import OFFLINE_MODELS, offline_model_dir
 from edged.ops.stats import peak_rss_mb
 from edged.settings import load_settings
 
-DEMO_REQUESTS = [
+DEMO_REQUESTS: list[tuple[str, dict[str, object]]] = [
     ("command", {"text": "turn off the living room lights"}),
     ("command", {"text": "dim the hallway to 30 percent"}),
     (
@@ -64,7 +64,8 @@ def run_demo(config: Path | None, which: str = "smollm2") -> int:
         daemon.stop()
         return 1
     print(
-        f"edged online on {daemon.base} after {time.monotonic() - started:.1f} s (model load and prompt warm-up included)\n"
+        f"edged online on {daemon.base} after {time.monotonic() - started:.1f} s "
+        "(model load and prompt warm-up included)\n"
     )
     try:
         with EdgedClient(daemon.base, host=settings.mqtt.host, port=settings.mqtt.port, timeout=300) as client:
@@ -76,7 +77,8 @@ def run_demo(config: Path | None, which: str = "smollm2") -> int:
                 print(f"<-- {json.dumps(result, indent=2, ensure_ascii=False)}")
                 inside = result["timing_ms"]["total"]
                 print(
-                    f"    caller saw {latency_ms:.0f} ms; edged (queue + model) {inside:.0f} ms; bus {latency_ms - inside:.0f} ms\n"
+                    f"    caller saw {latency_ms:.0f} ms; edged (queue + model) {inside:.0f} ms; "
+                    f"bus {latency_ms - inside:.0f} ms\n"
                 )
     finally:
         daemon.stop()

@@ -10,15 +10,20 @@ import json
 import statistics
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
-from edged.protocol import Request
+from edged.devices.commands import DeviceControl
+from edged.devices.registry import Registry
+from edged.engine.types import Engine
+from edged.protocol import Request, Result
 from edged.service.handler import Job, Service
 from edged.service.sessions import SessionStore
+from edged.settings import ModelSettings
 
 log = structlog.get_logger("edged.eval")
 
@@ -42,7 +47,7 @@ class Outcome:
     mask_ms: float
 
 
-def _key(device: str, action: str, params: dict[str, Any]) -> tuple[str, str, str]:
+def _key(device: str, action: str, params: Mapping[str, object]) -> tuple[str, str, str]:
     norm = {
         k: round(float(v), 3) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
         for k, v in params.items()
@@ -50,7 +55,7 @@ def _key(device: str, action: str, params: dict[str, Any]) -> tuple[str, str, st
     return device, action, json.dumps(norm, sort_keys=True)
 
 
-def load_cases(path: Path, registry: Any) -> list[Case]:
+def load_cases(path: Path, registry: Registry) -> list[Case]:
     types = {d.id: d.type for d in registry.devices}
     cases = []
     for line in path.read_text().splitlines():
@@ -60,6 +65,13 @@ def load_cases(path: Path, registry: Any) -> list[Case]:
             kind = types[row["expect"][0]["device"]] if row["expect"] else "reject"
             cases.append(Case(row["text"], expect, kind))
     return cases
+
+
+def _actions(result: Result) -> frozenset[tuple[str, str, str]]:
+    """The (device, action, params) a command result lists."""
+    listed = (result.result or {}).get("actions")
+    items = listed if isinstance(listed, list) else []
+    return frozenset(_key(a["device"], a["action"], a["params"]) for a in items if isinstance(a, dict))
 
 
 def run_cases(service: Service, cases: list[Case], *, progress: bool = True) -> list[Outcome]:
@@ -75,8 +87,7 @@ def run_cases(service: Service, cases: list[Case], *, progress: bool = True) -> 
             include_reasoning=False,
         )
         result = service.handle(job)
-        actions = (result.result or {}).get("actions", [])
-        got = frozenset(_key(a["device"], a["action"], a["params"]) for a in actions)
+        got = _actions(result)
         valid = not (result.error and result.error.code.value in ("invalid_answer", "generation_failed"))
         correct = valid and (got == case.expect if case.expect else result.status == "rejected")
         outcomes.append(
@@ -138,8 +149,17 @@ def print_table(rows: dict[str, dict[str, Any]]) -> None:
         )
 
 
+class ControlFactory(Protocol):
+    def __call__(self, *, constrain: bool) -> DeviceControl: ...
+
+
 def evaluate(
-    engine: Any, model_settings: Any, control_factory: Any, cases: list[Case], *, modes: list[str]
+    engine: Engine,
+    model_settings: ModelSettings,
+    control_factory: ControlFactory,
+    cases: list[Case],
+    *,
+    modes: list[str],
 ) -> dict[str, dict[str, Any]]:
     rows = {}
     for mode in modes:

@@ -47,8 +47,9 @@ CONFIG_ENV = "EDGED_CONFIG"
 DEFAULT_CONFIG_PATHS = (Path("/etc/edged/edged.toml"), Path("~/.config/edged/edged.toml"))
 
 
-def default_state_dir(environ: dict[str, str] | None = None) -> Path:
-    """``$STATE_DIRECTORY`` (systemd ``StateDirectory=``), else ``$XDG_STATE_HOME/edged``, else ``~/.local/state/edged``."""
+def default_state_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """The state directory: ``$STATE_DIRECTORY`` (systemd ``StateDirectory=``), else ``$XDG_STATE_HOME/edged``,
+    else ``~/.local/state/edged``."""
     env = os.environ if environ is None else environ
     if env.get("STATE_DIRECTORY"):
         return Path(env["STATE_DIRECTORY"].split(":")[0])
@@ -91,7 +92,7 @@ class TlsSettings(_Section):
     @field_validator("ca_file", "cert_file", "key_file")
     @classmethod
     def _file(cls, v: Path | None, info: ValidationInfo) -> Path | None:
-        return _readable_file(v, info.field_name)
+        return _readable_file(v, info.field_name or "file")
 
     @model_validator(mode="after")
     def _check(self) -> TlsSettings:
@@ -293,7 +294,8 @@ class RequestSettings(_Section):
     include_reasoning: bool = Field(False, description="put the thinking text in results by default")
     rate_limit: RateLimitSettings | None = Field(
         None,
-        description="per-client token bucket (client field or MQTT 5 user property); requests without one share a bucket",
+        description="per-client token bucket (client field or MQTT 5 user property); "
+        "requests without one share a bucket",
     )
     reply_prefixes: list[str] = Field(
         default_factory=lambda: ["{base}/result/", "edged/inbox/"],
@@ -430,7 +432,7 @@ class Settings(BaseSettings):
         return self.base_topic or f"edged/{self.node_id}"
 
     def instance_topic(self, name: str) -> str:
-        """A topic of this instance (status, stats): ``{base}/{name}``, or ``{base}/{name}/{node_id}`` in a shared group."""
+        """This instance's topic (status, stats): ``{base}/{name}``; ``{base}/{name}/{node_id}`` in a shared group."""
         return f"{self.base}/{name}/{self.node_id}" if self.mqtt.shared_group else f"{self.base}/{name}"
 
     @property
@@ -449,13 +451,13 @@ class Settings(BaseSettings):
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
 
 
-def find_config_file(explicit: Path | None, environ: dict[str, str] | None = None) -> Path | None:
+def find_config_file(explicit: Path | None, environ: Mapping[str, str] | None = None) -> Path | None:
     """The config file to read: ``--config``, else ``$EDGED_CONFIG``, else the first default path that exists."""
-    environ = os.environ if environ is None else environ
+    env = os.environ if environ is None else environ
     if explicit is not None:
         path = explicit.expanduser()
-    elif environ.get(CONFIG_ENV):
-        path = Path(environ[CONFIG_ENV]).expanduser()
+    elif env.get(CONFIG_ENV):
+        path = Path(env[CONFIG_ENV]).expanduser()
     else:
         return next((p.expanduser() for p in DEFAULT_CONFIG_PATHS if p.expanduser().is_file()), None)
     if not path.is_file():
@@ -464,7 +466,9 @@ def find_config_file(explicit: Path | None, environ: dict[str, str] | None = Non
 
 
 def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
-    """Read and validate settings; raises ``pydantic.ValidationError`` or ``FileNotFoundError``."""
+    """Read and validate settings; raises ``pydantic.ValidationError`` or ``FileNotFoundError``.
+
+    ``overrides`` go to pydantic-settings as init arguments (section dicts, validated there)."""
     path = find_config_file(config)
     if path is None:
         return Settings(**overrides)

@@ -59,7 +59,7 @@ def hung_daemon(broker, tiny_model_dir, notify_socket):
 
 
 def test_a_stuck_worker_stops_the_watchdog_and_turns_status_degraded(hung_daemon, client_for, notify_socket):
-    """No token for stuck_after_s: status degraded (retained), WATCHDOG=1 stops; progress again: online, pings resume."""
+    """No token for stuck_after_s: status degraded (retained), WATCHDOG=1 stops; progress again: online, pings back."""
     daemon, engine = hung_daemon
     assert daemon.ready.wait(15)
     c = client_for(daemon.base)
@@ -101,7 +101,8 @@ def test_status_goes_online_stopping_offline(start_daemon, client_for):
 def test_starting_while_the_model_loads_and_requests_wait_for_it(
     broker, engine, tiny_model_dir, client_for, notify_socket
 ):
-    """Connected first: status starting while the model loads; a request sent then is answered once it is loaded; READY=1 after."""
+    """Connected first: status starting while the model loads; a request sent then is answered once it is loaded;
+    READY=1 after."""
     from edged.app import Daemon
 
     may_load = threading.Event()
@@ -165,7 +166,7 @@ def test_stats_are_published_retained_every_interval(start_daemon, client_for, b
 
 
 def test_home_assistant_discovery_describes_status_and_stats(start_daemon, client_for):
-    """Discovery configs (retained) point at the status and stats topics; every template renders on the real documents."""
+    """Discovery configs (retained) point at the status and stats topics; each template renders on real documents."""
     import jinja2
 
     prefix = f"ha-{uuid.uuid4().hex[:8]}"
@@ -189,10 +190,8 @@ def test_home_assistant_discovery_describes_status_and_stats(start_daemon, clien
         assert len({cfg["unique_id"] for cfg in configs.values()}) == 10
         env = jinja2.Environment()
         for topic, cfg in configs.items():
-            assert (
-                topic
-                == f"{prefix}/sensor/edged_{d.settings.node_id}/{cfg['unique_id'].rsplit(d.settings.node_id + '_')[1]}/config"
-            )
+            sensor = cfg["unique_id"].rsplit(d.settings.node_id + "_")[1]
+            assert topic == f"{prefix}/sensor/edged_{d.settings.node_id}/{sensor}/config"
             source = cfg["state_topic"].rsplit("/", 1)[1]
             value = env.from_string(cfg["value_template"]).render(value_json=documents[source])
             if source == "stats" and cfg["unique_id"].endswith("query_p95"):

@@ -23,7 +23,7 @@ def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def test_metrics_report_the_stats_figures(start_daemon, client_for):
-    """After a command and a bad payload: counters by kind/status, state, latency in seconds, gauges — as in the stats."""
+    """After a command and a bad payload: counters by kind/status, state, latency in seconds, gauges, as in stats."""
     d = start_daemon(metrics={"prometheus_port": 0})
     assert d.metrics is not None and d.metrics._server.server_address[0] == "127.0.0.1"
     c = client_for(d.base)

@@ -193,7 +193,7 @@ def references(
             )
         except subprocess.CalledProcessError as exc:  # a broken build must not cost the rest of the run
             reason = f"the llama.cpp process failed (exit code {exc.returncode}; see {workdir / 'llamacpp.log'})"
-    if reason is None:
+    if reason is None and model.gguf is not None:
         out["llama_cpp"] = report.reference_figures(ref)
         out["notes"].append(
             f"llama.cpp: {model.gguf.name}, all {len(budgets)} idle prompts, one Llama object (prompt reuse), "
@@ -238,7 +238,8 @@ def run(args: argparse.Namespace) -> int:
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     machine = f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores"
     doc = {
-        "title": f"edged bench: {model.name} on {args.registry.name} ({devices} devices, prompt ~{edged['usage_p50']['prompt_tokens']} tokens), "
+        "title": f"edged bench: {model.name} on {args.registry.name} "
+        f"({devices} devices, prompt ~{edged['usage_p50']['prompt_tokens']} tokens), "
         f"seed {args.seed}, {when}, {machine}",
         "meta": {
             "date": when,

@@ -11,14 +11,17 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from edged.devices.registry import Action, Device, Param, Registry, on_step
+from edged.typeforms import any_of, list_of, one_of
 
+ParamValue = int | float | bool | str  # what a validated parameter holds (see Param.type)
+Params = dict[str, ParamValue]
 MAX_ACTIONS = 6
 MAX_SAY = 160
 ALL_AREAS = "all"
@@ -30,17 +33,19 @@ class _Closed(BaseModel):
 
 def _param_type(p: Param) -> Any:
     if p.type == "integer":
-        return Annotated[int, Field(ge=int(p.min), le=int(p.max))]  # type: ignore[arg-type]
+        lo, hi = p.bounds
+        return Annotated[int, Field(ge=int(lo), le=int(hi))]
     if p.type == "number":  # bounded precision: unbounded decimals let sampling run on digits forever
+        lo, hi = p.bounds
         return Annotated[
             float,
-            Field(ge=p.min, le=p.max, json_schema_extra={"multipleOf": p.step}),
+            Field(ge=lo, le=hi, json_schema_extra={"multipleOf": p.step}),
             AfterValidator(functools.partial(_check_step, step=p.step)),
         ]
     if p.type == "boolean":
         return bool
     if p.type == "enum":
-        return Literal[tuple(p.values)]  # type: ignore[misc]
+        return one_of(p.choices)
     return Annotated[str, Field(max_length=p.max_length)]
 
 
@@ -80,8 +85,8 @@ def device_action_models(devices: Iterable[Device]) -> list[type[BaseModel]]:
                 create_model(
                     f"Do{tag}",
                     __base__=_Closed,
-                    device=(Literal[d.id], ...),
-                    action=(Literal[name], ...),
+                    device=(one_of([d.id]), ...),
+                    action=(one_of([name]), ...),
                     params=(_params_model(f"{tag}Params", action), ...),
                 )
             )
@@ -97,17 +102,16 @@ def output_model(registry: Registry) -> type[BaseModel]:
             create_model(
                 f"All{tag}",
                 __base__=_Closed,
-                area=(Literal[area], ...),
-                type=(Literal[dtype], ...),
-                action=(Literal[name], ...),
+                area=(one_of([area]), ...),
+                type=(one_of([dtype]), ...),
+                action=(one_of([name]), ...),
                 params=(_params_model(f"All{tag}Params", action), ...),
             )
         )
-    item = Union[tuple(items)]  # type: ignore[valid-type]  # noqa: UP007 (a union built at run time)
     return create_model(
         "CommandAnswer",
         __base__=_Closed,
-        actions=(list[item], Field(max_length=MAX_ACTIONS)),  # type: ignore[valid-type]  # noqa: UP007 (a union built at run time)
+        actions=(list_of(any_of(items)), Field(max_length=MAX_ACTIONS)),
         say=(str, Field(max_length=MAX_SAY)),
     )
 
@@ -118,12 +122,12 @@ class Resolved:
 
     device: str
     action: str
-    params: dict[str, Any]
+    params: Params
     topic: str | None
     payload: bytes
     needs_confirmation: bool
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, object]:
         return {"device": self.device, "action": self.action, "params": self.params}
 
 
@@ -154,32 +158,34 @@ def parse_answer(registry: Registry, model: type[BaseModel], text: str) -> tuple
     return resolved, answer.say  # type: ignore[attr-defined]
 
 
-def _resolve(device: Device, name: str, params: dict[str, Any]) -> Resolved:
+def _resolve(device: Device, name: str, params: Params) -> Resolved:
     action = device.all_actions()[name]
     return Resolved(
         device=device.id,
         action=name,
         params=params,
         topic=action.topic or device.command_topic,
-        payload=render_payload(action.payload, params),
+        payload=render_payload(action.payload, action.template_values(params)),
         needs_confirmation=device.confirm or needs_confirmation(action, params),
     )
 
 
-def needs_confirmation(action: Action, params: dict[str, Any]) -> bool:
+def needs_confirmation(action: Action, params: Params) -> bool:
     if action.confirm:
         return True
     rule = action.confirm_if
     if rule is None:
         return False
     value = params[rule.param]
+    if isinstance(value, str):  # the registry allows confirm_if on numbers only; never skip it if one slips through
+        return True
     return (rule.above is not None and value > rule.above) or (rule.below is not None and value < rule.below)
 
 
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
 
-def _fill(value: Any, params: dict[str, Any]) -> Any:
+def _fill(value: object, params: Params) -> object:
     if isinstance(value, dict):
         return {k: _fill(v, params) for k, v in value.items()}
     if isinstance(value, list):
@@ -192,7 +198,7 @@ def _fill(value: Any, params: dict[str, Any]) -> Any:
     return value
 
 
-def render_payload(template: dict[str, Any] | str, params: dict[str, Any]) -> bytes:
+def render_payload(template: Mapping[str, object] | str, params: Params) -> bytes:
     """A dict template becomes JSON with typed values; a string template is filled as text."""
     filled = _fill(template, params)
     return (filled if isinstance(filled, str) else json.dumps(filled, separators=(",", ":"))).encode()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import structlog
 from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaValue
 
 from edged.devices.actions import InvalidAnswer, Resolved, output_model, parse_answer
 from edged.devices.confirmations import Confirmations, TokenError, reply_tree
@@ -27,7 +27,7 @@ Claim = Callable[[str, str, list[tuple[str, bytes]]], list[tuple[str, bytes]] | 
 @dataclass
 class Outcome:
     status: Status
-    result: dict[str, Any]
+    result: dict[str, object]
     code: str | None = None
     message: str | None = None
     dispatched: list[Resolved] = field(default_factory=list)
@@ -56,9 +56,9 @@ class DeviceControl:
         self._publish = publish
         self._dispatch_default = dispatch_default
         self._claim = claim
-        self._models: dict[str, tuple[type[BaseModel], dict[str, Any]]] = {}
+        self._models: dict[str, tuple[type[BaseModel], JsonSchemaValue]] = {}
 
-    def schema_for(self, registry: Registry) -> tuple[type[BaseModel], dict[str, Any]]:
+    def schema_for(self, registry: Registry) -> tuple[type[BaseModel], JsonSchemaValue]:
         """The answer model and its JSON Schema, built once per registry version."""
         if registry.version not in self._models:
             model = output_model(registry)
@@ -66,8 +66,8 @@ class DeviceControl:
         return self._models[registry.version]
 
     def prepare(
-        self, text: str, *, context: Mapping[str, Any] | None, history: Iterable[Turn]
-    ) -> tuple[Registry, list[dict[str, str]], dict[str, Any]]:
+        self, text: str, *, context: Mapping[str, object] | None, history: Iterable[Turn]
+    ) -> tuple[Registry, list[dict[str, str]], JsonSchemaValue | None]:
         registry = self.store.get()
         messages = device_messages(registry, text, states=self.states.snapshot(), context=context, history=history)
         return registry, messages, self.schema_for(registry)[1] if self.constrain else None
@@ -88,15 +88,14 @@ class DeviceControl:
         send = self._dispatch_default and dispatch is not False  # a request may turn dispatch off, never on
         held = [a for a in actions if a.needs_confirmation]
         now = [a for a in actions if not a.needs_confirmation and send and a.topic]
-        earlier = (
-            self._claim(request_id, reply_topic, [(a.topic, a.payload) for a in now]) if now and self._claim else None
-        )  # type: ignore[misc]
+        commands = [(a.topic, a.payload) for a in now if a.topic]
+        earlier = self._claim(request_id, reply_topic, commands) if commands and self._claim else None
         if earlier is not None:  # run again after a crash that came after the dispatch: never send twice
             log.warning("dispatch_already_done", id=request_id, commands=len(earlier))
             now = []
-        now = [a for a in now if self._publish(a.topic, a.payload) is not False]  # type: ignore[arg-type]
+        now = [a for a in now if a.topic and self._publish(a.topic, a.payload) is not False]
         listed = [{**a.describe(), "dispatched": a in now, "needs_confirmation": a.needs_confirmation} for a in actions]
-        result: dict[str, Any] = {"actions": listed, "say": say, "registry": registry.version}
+        result: dict[str, object] = {"actions": listed, "say": say, "registry": registry.version}
         if earlier is not None:
             result["already_dispatched"] = [{"topic": t, "payload": p.decode(errors="replace")} for t, p in earlier]
         if not held or not send:  # a dry run only shows which actions would need confirmation

@@ -5,9 +5,10 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+
+from edged.devices.actions import Resolved
 
 import structlog
 
@@ -22,7 +23,7 @@ def reply_tree(topic: str) -> str:
 @dataclass(frozen=True)
 class Pending:
     request_id: str
-    actions: tuple[Any, ...]  # edged.devices.actions.Resolved
+    actions: tuple[Resolved, ...]
     expires_at: float
     scope: str = ""  # the reply tree of the command that asked: only a confirm answered there redeems it
     version: str = ""  # the registry version the actions were resolved against
@@ -45,7 +46,7 @@ class Confirmations:
         self._used: dict[str, float] = {}  # token -> expiry, to tell "reused" from "unknown"
         self._lock = threading.Lock()
 
-    def hold(self, request_id: str, actions: list[Any], *, scope: str = "", version: str = "") -> str:
+    def hold(self, request_id: str, actions: Iterable[Resolved], *, scope: str = "", version: str = "") -> str:
         token = secrets.token_urlsafe(16)
         now = self._clock()
         with self._lock:

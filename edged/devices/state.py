@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-from typing import Any
 
 MAX_STATE_CHARS = 60
 STATE_KEYS = (
@@ -48,6 +47,6 @@ class DeviceStates:
             else:
                 self._by_device[device_id] = state
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> dict[str, str]:
         with self._lock:
             return dict(self._by_device)
