@@ -120,7 +120,7 @@ class Bus:
         self._connect_mid: int | None = None
         self._lock = threading.Lock()
         self._pending: dict[int, _Pending] = {}
-        self._early: dict[int, Any] = {}  # mids answered before publish() returned -> reason code
+        self._early: dict[int, ReasonCode | None] = {}  # mids answered before publish() returned -> reason code
         self._retrying: dict[int, _Pending] = {}  # refused publishes waiting to be sent again
         self.refused = 0  # publishes the broker refused (PUBACK reason code >= 0x80)
         self._unacked: set[int] = set()  # received QoS 1 messages not yet acknowledged
@@ -245,7 +245,7 @@ class Bus:
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             log.warning("mqtt_publish_failed", topic=topic, rc=info.rc.name)
 
-    def _answered(self, pending: _Pending, reason: Any) -> None:
+    def _answered(self, pending: _Pending, reason: ReasonCode | None) -> None:
         """The broker's PUBACK for ``pending``: confirmed, or refused (retried with backoff, or given up)."""
         if reason is None or not getattr(reason, "is_failure", False):
             self._complete(pending)

@@ -8,9 +8,9 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from edged.devices.actions import Resolved
-
 import structlog
+
+from edged.devices.actions import Resolved
 
 log = structlog.get_logger("edged.confirmations")
 

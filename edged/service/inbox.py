@@ -79,7 +79,9 @@ class Inbox:
         """True: run the job. Else a redelivery or a resent copy, dealt with here (see edged.service.ledger)."""
         assert job.request.id is not None
         try:
-            seen = self._ledger.admit(job.request.id, job.reply_topic, redelivered=msg.dup, origin=msg, digest=_digest(msg))
+            seen = self._ledger.admit(
+                job.request.id, job.reply_topic, redelivered=msg.dup, origin=msg, digest=_digest(msg)
+            )
         except Exception as exc:  # the ledger cannot say whether it ran: answer, free the broker's slot, say so
             log.exception("ledger_failed", id=job.request.id, error=str(exc))
             self._ledger_failed()
