@@ -8,6 +8,7 @@ terminal (files, CI), readable console output when it is. Fields named like secr
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import re
@@ -76,7 +77,8 @@ def _renderer(fmt: Format, stream: Any, environ: Mapping[str, str] | None) -> An
 def console_renderer() -> structlog.dev.ConsoleRenderer:
     """Coloured console lines; tracebacks without local variables (they may hold a password or a key)."""
     dev = structlog.dev
-    formatter = dev.RichTracebackFormatter(show_locals=False) if dev.rich is not None else dev.plain_traceback
+    rich = importlib.util.find_spec("rich") is not None
+    formatter = dev.RichTracebackFormatter(show_locals=False) if rich else dev.plain_traceback
     return dev.ConsoleRenderer(exception_formatter=formatter)
 
 
