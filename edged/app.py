@@ -46,6 +46,7 @@ from edged.settings import Settings
 log = structlog.get_logger("edged.app")
 
 STOP, RELOAD = "stop", "reload"  # control messages for the main thread (signals); admin requests come as Admin
+PACKET_HEADROOM = 65_536 + 1024  # MQTT 5 Maximum Packet Size: the payload limit plus the longest topic and properties
 EXIT_BROKER_REFUSED = 3  # the broker refused edged's credentials or certificate: a restart cannot help
 
 
@@ -62,6 +63,7 @@ def _bus_config(s: Settings) -> BusConfig:
         reconnect_min_s=s.mqtt.reconnect_min_s,
         reconnect_max_s=s.mqtt.reconnect_max_s,
         receive_maximum=s.mqtt.receive_maximum,
+        max_packet_size=s.requests.max_payload_bytes + PACKET_HEADROOM,
         tls=s.mqtt.tls.context() if s.mqtt.tls.enabled else None,
     )
 
@@ -153,6 +155,7 @@ class Daemon:
             finished=self.progress.forget,
             publish_timeout_s=lambda: self.settings.mqtt.publish_timeout_s,
             queue_depth=self.worker.depth,
+            ledger_failed=self._ledger_failed,
         )
         self.inbox = Inbox(
             self.bus,
@@ -166,6 +169,7 @@ class Daemon:
             queue_size=lambda: self.settings.requests.queue_size,
             claim=self._claim,
             accepted=self.activity.started,
+            ledger_failed=self._ledger_failed,
         )
         self.notifier.status(f"connecting to MQTT {s.mqtt.host}:{s.mqtt.port}")
         discovery = self.discovery.topics() if self.discovery else []
@@ -248,9 +252,21 @@ class Daemon:
         if self.bus is not None:
             self.bus.publish(topic, payload, retain=True)
 
-    def _publish_device(self, topic: str, payload: bytes) -> None:
-        self._publish(topic, payload)
-        log.info("device_command", topic=topic, payload=payload.decode(errors="replace"))
+    def _ledger_failed(self) -> None:
+        self.board.set("degraded", reason="ledger_failed", only_from=SERVING)
+
+    def _publish_device(self, topic: str, payload: bytes) -> bool:
+        """True once the broker took the command (off the network thread: a confirm there cannot wait)."""
+        if self.bus is None:
+            return False
+        delivery = self.bus.publish(topic, payload, retry_refused=False)
+        taken = (
+            None
+            if self.bus.on_network_thread()
+            else (delivery.wait(self.settings.mqtt.publish_timeout_s) and delivery.refused is None)
+        )
+        log.info("device_command", topic=topic, payload=payload.decode(errors="replace"), taken=taken)
+        return taken is not False
 
     def _broker_refused(self, _reason: str) -> None:
         """The bus gave up (bad credentials or certificate): stop, and exit with a code the service manager

@@ -19,7 +19,7 @@ from edged import ask as ask_cli
 from edged.engine.blas import preload_blas
 from edged.models import cli as model_cli
 from edged.ops.logs import setup_logging
-from edged.settings import Settings, error_lines, load_settings
+from edged.settings import Settings, error_lines, load_settings, warn_exposed_secret
 
 EXIT_CONFIG = 2
 log = structlog.get_logger("edged.cli")
@@ -226,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     if settings is None:
         return EXIT_CONFIG
     setup_logging(settings.log.level, settings.log.format, levels=settings.log.levels)
+    warn_exposed_secret(args.config)
     control = _control_on_signals()
     preload_blas(settings.model.blas)  # before mlx is first imported
     from edged.app import run

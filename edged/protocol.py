@@ -228,14 +228,15 @@ class RequestError(Exception):
         self.reply_to = reply_to
 
 
-def parse_request(payload: bytes, limits: Limits) -> Request:
-    """Decode a payload: a JSON object, or plain UTF-8 text that becomes ``text``."""
+def parse_request(payload: bytes, limits: Limits, *, default_id: str | None = None) -> Request:
+    """Decode a payload: a JSON object, or plain UTF-8 text that becomes ``text``; without an id it gets
+    ``default_id`` (else a random one)."""
     data = _decode(payload, limits)
     hints = _salvage(data)
     request = _validate(Request, data, hints)
     _check_limits(request, limits, hints)
     if request.id is None:
-        request = request.model_copy(update={"id": new_id()})
+        request = request.model_copy(update={"id": default_id or new_id()})
     return request
 
 
@@ -249,14 +250,18 @@ def parse_confirm(payload: bytes, limits: Limits) -> ConfirmRequest:
     return confirm if confirm.id else confirm.model_copy(update={"id": new_id()})
 
 
-def parse_cancel(payload: bytes, limits: Limits) -> str:
-    """The request id a ``{base}/cancel`` payload names (``{"id": ...}`` or the bare id)."""
+def parse_cancel(payload: bytes, limits: Limits) -> tuple[str, str | None]:
+    """The request a ``{base}/cancel`` payload names: ``{"id": ..., "reply_to": ...}`` (``reply_to``: the
+    request's, when it had one) or the bare id."""
     data = _decode(payload, limits)
     named = data.get("id", data.get("text"))
     target = named.strip() if isinstance(named, str) else None
-    if set(data) - {"id", "text"} or not target or not re.fullmatch(ID_PATTERN, target):
-        raise RequestError(ErrorCode.BAD_ID, 'cancel takes {"id": "<request id>"} or the bare id')
-    return target
+    reply_to = data.get("reply_to")
+    if set(data) - {"id", "text", "reply_to"} or not target or not re.fullmatch(ID_PATTERN, target):
+        raise RequestError(ErrorCode.BAD_ID, 'cancel takes {"id": "<request id>", "reply_to": "<its reply_to>"}')
+    if reply_to is not None and not (isinstance(reply_to, str) and valid_topic(reply_to)):
+        raise RequestError(ErrorCode.BAD_REPLY_TO, "cancel: reply_to must be the request's reply topic", id=target)
+    return target, reply_to
 
 
 def _decode(payload: bytes, limits: Limits) -> JSONObject:
@@ -291,12 +296,26 @@ def _salvage(data: JSONObject) -> dict[str, str | None]:
     return {"id": good_id, "reply_to": good_reply}
 
 
+MAX_ERRORS_LISTED = 3
+EXCERPT_CHARS = 40
+
+
+def excerpt(value: object, limit: int = EXCERPT_CHARS) -> str:
+    """A short, printable excerpt of caller input for an error message: never more than ``limit`` characters
+    of it, control and unpublishable characters replaced, so an error never reflects a payload back."""
+    text = str(value)
+    cut = "".join("?" if _unpublishable(c) or not c.isprintable() else c for c in text[:limit])
+    return cut + ("..." if len(text) > limit else "")
+
+
 def _validate(model: type[_M], data: JSONObject, hints: dict[str, str | None]) -> _M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
-        details = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'payload'}: {e['msg']}" for e in errors)
+        listed = [f"{'.'.join(excerpt(p) for p in e['loc']) or 'payload'}: {e['msg']}" for e in errors]
+        more = len(listed) - MAX_ERRORS_LISTED
+        details = "; ".join(listed[:MAX_ERRORS_LISTED]) + (f"; and {more} more" if more > 0 else "")
         raise RequestError(_code_for(errors[0]), details, **hints) from None
 
 

@@ -10,10 +10,13 @@ import os
 import re
 import socket
 import ssl
+import stat
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+import structlog
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -34,6 +37,12 @@ from pydantic_settings import (
 from edged.bus.tls import client_context
 from edged.diagnostics.telemetry import TelemetrySettings
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+log = structlog.get_logger("edged.settings")
 CONFIG_ENV = "EDGED_CONFIG"
 DEFAULT_CONFIG_PATHS = (Path("/etc/edged/edged.toml"), Path("~/.config/edged/edged.toml"))
 
@@ -288,6 +297,19 @@ class RequestSettings(_Section):
         description="per-client token bucket (client field or MQTT 5 user property); "
         "requests without one share a bucket",
     )
+    reply_prefixes: list[str] = Field(
+        default_factory=lambda: ["{base}/result/", "edged/inbox/"],
+        min_length=1,
+        description="a reply_to or MQTT 5 Response Topic must start with one of these ({base} is replaced)",
+    )
+
+    @field_validator("reply_prefixes")
+    @classmethod
+    def _prefixes(cls, v: list[str]) -> list[str]:
+        for prefix in v:
+            if not prefix.endswith("/") or prefix.startswith(("$", "/")) or any(c in prefix for c in "+#\0"):
+                raise ValueError(f"reply prefix {prefix[:80]!r}: must end with '/', without wildcards or a leading '$'")
+        return v
 
 
 class SessionSettings(_Section):
@@ -480,6 +502,31 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
         return Settings(**overrides)
     with_file = type("Settings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": path}})
     return with_file(**overrides)
+
+
+def warn_exposed_secret(config: Path | None) -> bool:
+    """Log ``mqtt_password_readable`` (once logging is set up) when the config file sets ``mqtt.password``
+    and users other than its owner and group may read it."""
+    path = find_config_file(config)
+    if path is None or not exposed_secret(path):
+        return False
+    log.warning(
+        "mqtt_password_readable",
+        path=str(path),
+        hint="the file holds mqtt.password and others may read it: chmod 600, or use password_file",
+    )
+    return True
+
+
+def exposed_secret(path: Path) -> bool:
+    """True when ``path`` sets ``mqtt.password`` inline and users other than its owner and group may read it."""
+    try:
+        readable = bool(path.stat().st_mode & stat.S_IROTH)
+        data = tomllib.loads(path.read_text(encoding="utf-8")) if readable else {}
+    except (OSError, ValueError):
+        return False
+    mqtt = data.get("mqtt")
+    return readable and isinstance(mqtt, dict) and "password" in mqtt
 
 
 def error_lines(exc: ValidationError) -> list[str]:

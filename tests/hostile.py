@@ -31,6 +31,8 @@ TOPIC_SHAPED = [
     "t" * 600,
     "reply/\u2028/x",
 ]
+# Valid topics a reply must never go to: plain ones, a device's command topic, another node's inputs and results.
+HOSTILE_REPLY_TOPICS = ["a", "zigbee2mqtt/x/set", "edged/other-node/command", "edged/other-node/result/x"]
 CONTROL = "".join(chr(c) for c in [*range(0, 32), 127, *range(0x80, 0xA0)])
 
 weird_text = st.one_of(
@@ -82,7 +84,7 @@ def request_objects(draw: st.DrawFn, reply_topics: list[str]) -> bytes:
     if draw(st.booleans()):
         body["text"] = draw(st.one_of(st.just("turn on the porch light"), weird_text))
     if "reply_to" in body and draw(st.booleans()):
-        body["reply_to"] = draw(st.sampled_from(reply_topics))  # a valid one the test listens on
+        body["reply_to"] = draw(st.sampled_from([*reply_topics, *HOSTILE_REPLY_TOPICS]))  # valid; allowed or not
     return _dumps(body)
 
 

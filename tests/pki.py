@@ -25,6 +25,13 @@ def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
+def _san(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
 def _write(directory: Path, stem: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> Issued:
     paths = Issued(directory / f"{stem}.crt", directory / f"{stem}.key")
     paths.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
@@ -75,8 +82,15 @@ class Authority:
     def ca_file(self) -> Path:
         return self.files.cert
 
-    def issue(self, cn: str, *, server: bool = False, expired: bool = False) -> Issued:
-        """A leaf certificate: for the broker (127.0.0.1 and localhost) or a client named ``cn``."""
+    def issue(
+        self,
+        cn: str,
+        *,
+        server: bool = False,
+        expired: bool = False,
+        names: tuple[str, ...] = ("localhost", "127.0.0.1"),
+    ) -> Issued:
+        """A leaf certificate: for the broker (``names``: 127.0.0.1 and localhost) or a client named ``cn``."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.timezone.utc)
         start, end = (now - 10 * DAY, now - DAY) if expired else (now - DAY, now + 30 * DAY)
@@ -97,9 +111,7 @@ class Authority:
         )
         if server:
             builder = builder.add_extension(
-                x509.SubjectAlternativeName(
-                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-                ),
+                x509.SubjectAlternativeName([_san(n) for n in names]),
                 critical=False,
             )
         cert = builder.sign(self._key, hashes.SHA256())

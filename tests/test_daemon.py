@@ -53,7 +53,7 @@ def test_response_topic_and_correlation_data_are_honoured(start_daemon, client_f
     """MQTT 5: the result goes to the Response Topic with the Correlation Data echoed."""
     d = start_daemon()
     c = client_for(d.base)
-    reply = f"callers/{uuid.uuid4().hex}/inbox"
+    reply = f"edged/inbox/{uuid.uuid4().hex}"
     c.subscribe(reply)
     c.publish(f"{d.base}/command", "dim the hallway to 30%", response_topic=reply, correlation_data=b"\x00corr-42")
     msg = c.wait_for(lambda m: m.topic == reply)
@@ -65,7 +65,7 @@ def test_reply_to_beats_response_topic(start_daemon, client_for):
     """A reply_to field in the payload wins over the MQTT 5 Response Topic."""
     d = start_daemon()
     c = client_for(d.base)
-    reply_to, response_topic = f"r/{uuid.uuid4().hex}", f"p/{uuid.uuid4().hex}"
+    reply_to, response_topic = f"edged/inbox/r/{uuid.uuid4().hex}", f"edged/inbox/p/{uuid.uuid4().hex}"
     c.subscribe(reply_to)
     c.subscribe(response_topic)
     c.publish(
@@ -155,7 +155,7 @@ def test_error_keeps_a_valid_id_and_reply_to(start_daemon, client_for):
     """An invalid request whose id and reply_to are valid is answered there, under its id."""
     d = start_daemon()
     c = client_for(d.base)
-    reply = f"r/{uuid.uuid4().hex}"
+    reply = f"edged/inbox/{uuid.uuid4().hex}"
     c.subscribe(reply)
     c.publish(f"{d.base}/query", json.dumps({"id": "abc-1", "reply_to": reply, "text": "x", "bogus": 1}))
     body = c.wait_for(lambda m: m.topic == reply).json()
@@ -276,12 +276,16 @@ def test_request_published_while_stopped_is_answered_after_start(start_daemon, c
 
 
 def test_warm_up_fills_the_prompt_cache_before_going_online(start_daemon, client_for):
-    """With model.warm_up the registry prompt is prefilled before online: the first command reuses it."""
+    """With model.warm_up the registry prompt is prefilled before online: the first command the model answers
+    (templates and rules off here) reuses it."""
     registry = Path(__file__).resolve().parent.parent / "config" / "registry-home.toml"
     cached = {}
     for warm in (False, True):  # each its own engine: an empty prefix cache
         d = start_daemon(
-            own_engine=True, model={"warm_up": warm}, devices={"registry": str(registry), "dispatch": False}
+            own_engine=True,
+            model={"warm_up": warm},
+            devices={"registry": str(registry), "dispatch": False},
+            commands={"local": False},
         )
         first = client_for(d.base, timeout=120).request("command", {"text": "turn on the kitchen lights"})
         cached[warm] = (first["usage"]["cached_tokens"], first["usage"]["prompt_tokens"])

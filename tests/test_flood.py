@@ -120,3 +120,82 @@ def test_flood_is_answered_busy_with_bounded_memory(tmp_path, tiny_model_dir):
     finally:
         assert edged.stop() == 0
         broker.stop()
+
+
+COPIES = 10_000
+COPY_PAD = 30_000  # bytes of context per copy: kept whole, 10,000 copies would be ~300 MB
+MAX_COPY_RSS_GROWTH_MB = 50
+
+
+def reset_peak(pid: int) -> None:
+    """Reset a process's VmHWM to its current RSS (Linux: ``5`` to /proc/<pid>/clear_refs)."""
+    with open(f"/proc/{pid}/clear_refs", "w", encoding="ascii") as f:
+        f.write("5")
+
+
+def _publish_copies(port: int, topic: str, payload: bytes, qos: int, then: tuple[str, bytes]) -> None:
+    """``COPIES`` copies of one request at ``qos``, then ``then`` (topic, payload) at QoS 1 from the same
+    connection, so the broker hands it to edged after every copy; returns once the broker has it."""
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=f"copies-{uuid.uuid4().hex[:8]}", protocol=MQTTProtocolVersion.MQTTv5
+    )
+    client.max_inflight_messages_set(0)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        for i in range(COPIES):
+            info = client.publish(topic, payload, qos=qos)
+            if i % 200 == 199:
+                info.wait_for_publish(60)  # keep paho's own queue short
+        client.publish(then[0], then[1], qos=1).wait_for_publish(60)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+@pytest.mark.parametrize("qos", [0, 1])
+def test_copies_of_a_running_request_keep_memory_bounded(tmp_path, tiny_model_dir, qos):
+    """10,000 copies (same id and payload, 30 KB each) of a query still running: edged keeps at most the packet
+    ids of a few QoS 1 copies, never their payloads, so its memory barely moves; the request is answered once."""
+    broker = Mosquitto(free_port(), tmp_path, "allow_anonymous true\nmax_queued_messages 20000\n")
+    broker.start()
+    node = f"copies-{uuid.uuid4().hex[:8]}"
+    config = write_config(tmp_path / "edged.toml", tiny_model_dir, node)
+    env = {
+        "EDGED_MQTT__PORT": str(broker.port),
+        "EDGED_MODEL__THINK__MAX_TOKENS": "30000",  # runs until cancelled
+        "EDGED_MODEL__THINK__THINKING_BUDGET": "29000",
+    }
+    edged = Edged(config, tmp_path / "edged.log", env=env)
+    base = f"edged/{node}"
+    request = json.dumps({"id": "dup-1", "text": "why is pump 3 vibrating?", "context": {"pad": "x" * COPY_PAD}})
+    try:
+        with EdgedClient(base, port=broker.port, timeout=120) as c:
+            c.subscribe(f"{base}/status")
+            c.wait_for(lambda m: m.topic == f"{base}/status" and m.json()["state"] == "online", timeout=120)
+            assert c.request("command", {"text": "warm up"})["kind"] == "command"
+            c.subscribe(f"{base}/progress/dup-1")
+            c.publish(f"{base}/query", request.encode())
+            c.wait_for(lambda m: m.topic == f"{base}/progress/dup-1" and m.json()["tokens"] > 0)  # past prefill
+            reset_peak(edged.proc.pid)  # the prefill's own peak is not what this test measures
+            rss_idle_kib = vm_kib(edged.proc.pid, "VmRSS")
+            started = time.monotonic()
+            _publish_copies(broker.port, f"{base}/query", request.encode(), qos, (f"{base}/cancel", b'{"id": "dup-1"}'))
+            result = c.wait_for(lambda m: m.topic == f"{base}/result/dup-1").json()
+            took = time.monotonic() - started
+            peak_kib = vm_kib(edged.proc.pid, "VmHWM")
+            after = c.request("command", {"text": "still there?"})
+            answered = len(c.messages(f"{base}/result/dup-1"))
+        copies_seen = sum(1 for e in edged.events() if e.get("event") == "duplicate_request")
+        growth_mb = (peak_kib - rss_idle_kib) / 1024
+        print(
+            f"\ncopies at QoS {qos}: sent {COPIES} x {len(request)} B in {took:.1f} s, edged saw {copies_seen}, "
+            f"answered {answered} ({result['status']}/{(result.get('error') or {}).get('code')}); "
+            f"RSS idle {rss_idle_kib / 1024:.1f} MiB, peak {peak_kib / 1024:.1f} MiB (+{growth_mb:.1f} MiB)"
+        )
+        assert result["error"]["code"] == "cancelled" and answered == 1
+        assert after["kind"] == "command"
+        assert growth_mb < MAX_COPY_RSS_GROWTH_MB
+    finally:
+        assert edged.stop() == 0
+        broker.stop()

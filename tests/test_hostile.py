@@ -12,7 +12,15 @@ from pathlib import Path
 
 import pytest
 from conftest import make_settings
-from hostile import CONTROL, deep_nesting, enormous_context, huge_number, payloads, user_properties
+from hostile import (
+    CONTROL,
+    HOSTILE_REPLY_TOPICS,
+    deep_nesting,
+    enormous_context,
+    huge_number,
+    payloads,
+    user_properties,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -84,7 +92,7 @@ def test_intake_decides_anything_without_raising(tiny_model_dir, tmp_path):
         tiny_model_dir, tmp_path, requests={"rate_limit": {"per_minute": 60, "burst": 5}}
     )
     intake = Daemon(s, lambda _s: None).intake
-    replies = [f"{prefix}/inbox"]
+    replies = [f"edged/inbox/{prefix}"]
 
     @settings(max_examples=400, **{k: v for k, v in FUZZ_SETTINGS.items() if k != "derandomize"})
     @given(
@@ -94,9 +102,10 @@ def test_intake_decides_anything_without_raising(tiny_model_dir, tmp_path):
     )
     def decide(suffix: str, payload: bytes, props: list[tuple[str, str]]) -> None:
         topic = suffix if suffix in observed else f"{s.base}/{suffix}"
+        dropped = intake.refusals_dropped
         decision = intake.decide(_inbound(topic, payload, props))
-        if suffix in REQUEST_SUFFIXES:
-            assert isinstance(decision, Job | Reply | Admin)
+        if suffix in REQUEST_SUFFIXES:  # or a refusal over the rate limit: acknowledged, counted, not answered
+            assert isinstance(decision, Job | Reply | Admin) or intake.refusals_dropped == dropped + 1
         elif suffix in (*SILENT_SUFFIXES, *observed):
             assert decision is None
         if isinstance(decision, Reply):
@@ -118,9 +127,11 @@ def test_daemon_survives_fuzz_on_every_topic(start_daemon, client_for, tiny_mode
     serve = threading.Thread(target=d.serve, name="test-serve", daemon=True)  # admin reloads run there
     serve.start()
     c = client_for(d.base, timeout=60)
-    inbox = f"{prefix}/inbox"
+    inbox = f"edged/inbox/{prefix}"
     c.subscribe(f"{d.base}/result/+")
-    c.subscribe(f"{prefix}/inbox")
+    c.subscribe(inbox)
+    for topic in HOSTILE_REPLY_TOPICS:  # generated requests name these as reply_to: nothing may arrive there
+        c.subscribe(topic)
     assert (
         c.request("command", {"text": "turn on the porch light"})["kind"] == "command"
     )  # warm: prompt caches, grammar
@@ -166,6 +177,7 @@ def test_daemon_survives_fuzz_on_every_topic(start_daemon, client_for, tiny_mode
     assert {corr for corr, n in answers.items() if n > 1} == set(), "a request was answered twice"
     silent = {corr for corr, suffix in sent.items() if suffix in (*SILENT_SUFFIXES, *observed)}
     assert not silent & set(answers), "a reading or edged's own topic got a result"
+    assert {m.topic for m in c.messages()} & set(HOSTILE_REPLY_TOPICS) == set(), "a result went to a disallowed topic"
     assert all(answers[corr] <= 1 for corr, suffix in sent.items() if suffix == "cancel")
     assert d.bus is not None and d.bus.connected.is_set() and d.bus.reconnects == 0, "hostile input cost the connection"
     assert rss_after - rss_before < MAX_RSS_GROWTH

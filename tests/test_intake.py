@@ -98,14 +98,15 @@ def test_reply_to_never_names_a_topic_edged_reads_or_that_drives_a_device(reply_
     refused = intake.decide(_inbound("command", {"id": "r1", "text": "on", "reply_to": reply_to}))
     assert isinstance(refused, Reply) and refused.topic == f"{BASE}/result/r1"
     assert refused.result.error is not None and refused.result.error.code.value == "bad_reply_to"
-    # an MQTT 5 Response Topic there is ignored: the result goes to the default topic
+    # an MQTT 5 Response Topic there is refused the same way, answered on the default topic
     msg = _inbound("command", {"id": "r2", "text": "on"})
-    job = intake.decide(replace(msg, response_topic=reply_to))
-    assert isinstance(job, Job) and job.reply_topic == f"{BASE}/result/r2"
+    refused = intake.decide(replace(msg, response_topic=reply_to))
+    assert isinstance(refused, Reply) and refused.topic == f"{BASE}/result/r2"
+    assert refused.result.error is not None and refused.result.error.code.value == "bad_reply_to"
 
 
 def test_ordinary_reply_topics_are_kept():
     intake = _guarded_intake()
-    for topic in ("panel/hall/inbox", f"{BASE}/result/custom", "zigbee2mqtt/living_room_ceiling/set/x"):
+    for topic in ("edged/inbox/hall/1", f"{BASE}/result/custom"):
         job = intake.decide(_inbound("command", {"id": "r1", "text": "on", "reply_to": topic}))
         assert isinstance(job, Job) and job.reply_topic == topic

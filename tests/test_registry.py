@@ -127,7 +127,8 @@ def test_area_targets_expand_deterministically_without_duplicates():
 
 
 def test_confirmation_policy():
-    """Locks ask before unlocking; a heating setpoint above its limit asks, below does not."""
+    """Locks ask before unlocking (the example's front door, with device-wide ``confirm``, before locking too);
+    a heating setpoint above its limit asks, below does not; a light never asks."""
     reg = load_registry(CONFIG / "registry-home.toml")
     model = output_model(reg)
 
@@ -135,7 +136,8 @@ def test_confirmation_policy():
         return parse_answer(reg, model, json.dumps({"actions": [item], "say": ""}))[0][0].needs_confirmation
 
     assert held({"device": "front_door", "action": "unlock", "params": {}})
-    assert not held({"device": "front_door", "action": "lock", "params": {}})
+    assert held({"device": "front_door", "action": "lock", "params": {}})
+    assert not held({"device": "hallway_light", "action": "turn_on", "params": {}})
     assert held({"device": "thermostat", "action": "set_temperature", "params": {"setpoint": 28}})
     assert not held({"device": "thermostat", "action": "set_temperature", "params": {"setpoint": 21}})
 

@@ -130,7 +130,7 @@ def test_mutual_tls_and_password_under_the_shipped_acl(pki, secure_broker, tiny_
 
             with _client(pki, secure_broker.port, "outsider") as outsider:
                 # Mosquitto 2.0 accepts the subscriptions but delivers nothing the ACL does not grant.
-                for topic in (f"{BASE}/result/#", f"{BASE}/status", f"{BASE}/+", SENTINEL):
+                for topic in (f"{BASE}/result/#", f"{BASE}/status", f"{BASE}/+", "edged/inbox/#", SENTINEL):
                     outsider.subscribe(topic)
                 with pytest.raises(PermissionError, match="Not authorized"):
                     outsider.publish(f"{BASE}/command", json.dumps({"id": "intruder", "text": "unlock the door"}))
@@ -141,6 +141,12 @@ def test_mutual_tls_and_password_under_the_shipped_acl(pki, secure_broker, tiny_
                     panel.publish(f"{BASE}/status", json.dumps({"state": "offline"}))
                 # A later request is answered; the refused ones never reached edged or anyone else.
                 assert panel.request("command", {"id": "after", "text": "lights off"})["status"] == "ok"
+                # A caller's own inbox (the documented reply prefix): the ACL lets edged write there and only
+                # that caller read it.
+                inbox = "edged/inbox/panel/1"
+                panel.subscribe("edged/inbox/panel/#")
+                panel.publish(f"{BASE}/command", json.dumps({"id": "inbox-1", "text": "on", "reply_to": inbox}))
+                assert panel.wait_for(lambda m: m.topic == inbox).json()["id"] == "inbox-1"
                 outsider.publish(SENTINEL, "done")  # delivered after anything the broker queued for it before
                 outsider.wait_for(lambda m: m.topic == SENTINEL)
                 assert [m.topic for m in outsider.messages()] == [SENTINEL], "the outsider read edged's topics"
@@ -222,6 +228,32 @@ def test_refused_credentials_stop_with_one_event_and_exit_3(case, pki, secure_br
     connections = lambda: [line for line in secure_broker.lines[seen:] if "connection from 127.0.0.1" in line]  # noqa: E731
     secure_broker.wait_logged(connections, 10, "the broker's log line for the attempt")
     assert len(connections()) <= 2, connections()
+
+
+def test_a_broker_certificate_for_another_host_is_refused(pki, tiny_model_dir, tmp_path):
+    """The broker's certificate is signed by the trusted CA but names another host (broker.example, not
+    127.0.0.1): edged refuses it as a posing broker, with one mqtt_tls_failed event and exit code 3."""
+    elsewhere = pki.ca.issue("broker-elsewhere", server=True, names=("broker.example",))
+    workdir = tmp_path / "broker"
+    workdir.mkdir()
+    conf = secure_broker_conf(
+        ca_file=pki.ca.ca_file,
+        cert_file=elsewhere.cert,
+        key_file=elsewhere.key,
+        password_file=password_file(workdir / "passwords", PASSWORDS),
+    )
+    broker = Mosquitto(free_port(), workdir, conf)
+    broker.start()
+    edged = _edged(tmp_path, tiny_model_dir, broker.port, ca=pki.ca.ca_file, cert=pki.edged)
+    try:
+        code = edged.proc.wait(RUN_TIMEOUT)
+    finally:
+        if edged.proc.poll() is None:
+            edged.stop(signal.SIGKILL)
+        broker.stop()
+    fatal = [e for e in edged.events() if e["event"] in FATAL_EVENTS]
+    assert code == 3 and len(fatal) == 1 and fatal[0]["event"] == "mqtt_tls_failed", fatal
+    assert "mismatch" in fatal[0]["reason"] or "hostname" in fatal[0]["reason"], fatal[0]["reason"]
 
 
 def test_unreachable_broker_is_retried_with_backoff_then_served(pki, tiny_model_dir, tmp_path):

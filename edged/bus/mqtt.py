@@ -44,12 +44,13 @@ class BusConfig:
     client_id: str
     mqtt5: bool = True
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)  # never in a repr, a log line or a traceback
     keepalive_s: int = 30
     session_expiry_s: int = 86400
     reconnect_min_s: float = 1.0
     reconnect_max_s: float = 60.0
     receive_maximum: int | None = None  # MQTT 5: requests in flight to edged at once (back-pressure)
+    max_packet_size: int | None = None  # MQTT 5: the broker drops (for edged only) any larger message
     tls: ssl.SSLContext | None = None  # None: plain TCP
 
 
@@ -75,11 +76,20 @@ class Inbound:
         return values[-1] if values else None
 
 
+class Published(threading.Event):
+    """Set once the broker has answered a publish: ``refused`` holds its reason code when it did not take it."""
+
+    refused: str | None = None
+
+
 @dataclass
 class _Pending:
     ack: Inbound | None
     then: Callable[[], None] | None = None  # runs on confirmation, before the acknowledgement
-    done: threading.Event = field(default_factory=threading.Event)
+    done: Published = field(default_factory=Published)
+    message: tuple[str, bytes, bool, Properties | None] | None = None  # topic, payload, retain, properties
+    retry: bool = True  # a refusal (PUBACK reason code >= 0x80) is retried with backoff
+    attempts: int = 0
 
 
 class Bus:
@@ -110,7 +120,9 @@ class Bus:
         self._connect_mid: int | None = None
         self._lock = threading.Lock()
         self._pending: dict[int, _Pending] = {}
-        self._early: set[int] = set()  # mids confirmed before publish() returned
+        self._early: dict[int, ReasonCode | None] = {}  # mids answered before publish() returned -> reason code
+        self._retrying: dict[int, _Pending] = {}  # refused publishes waiting to be sent again
+        self.refused = 0  # publishes the broker refused (PUBACK reason code >= 0x80)
         self._unacked: set[int] = set()  # received QoS 1 messages not yet acknowledged
         self.connected = threading.Event()
         self.reconnects = 0
@@ -159,6 +171,8 @@ class Bus:
             props.SessionExpiryInterval = cfg.session_expiry_s
             if cfg.receive_maximum is not None:
                 props.ReceiveMaximum = cfg.receive_maximum
+            if cfg.max_packet_size is not None:
+                props.MaximumPacketSize = cfg.max_packet_size
         log.info(
             "mqtt_connecting",
             host=cfg.host,
@@ -199,37 +213,86 @@ class Bus:
         correlation_data: bytes | None = None,
         ack: Inbound | None = None,
         on_confirmed: Callable[[], None] | None = None,
-    ) -> threading.Event:
+        retry_refused: bool = True,
+    ) -> Published:
         """Publish at QoS 1; once the broker confirms, call ``on_confirmed``, then acknowledge ``ack``.
         Returns the confirmation event.
 
-        While disconnected the message waits in paho's session and goes out on reconnect.
+        While disconnected the message waits in paho's session and goes out on reconnect. A refusal
+        (MQTT 5 PUBACK reason code >= 0x80, e.g. not authorised) is not a confirmation: ``ack`` stays
+        unacknowledged, and the publish is sent again with backoff (``retry_refused``), else the returned
+        event is set with ``refused``.
         """
         props = None
         if self._config.mqtt5 and correlation_data is not None:
             props = Properties(PacketTypes.PUBLISH)
             props.CorrelationData = correlation_data
+        pending = _Pending(ack=ack, then=on_confirmed, message=(topic, payload, retain, props), retry=retry_refused)
+        self._send(pending)
+        return pending.done
+
+    def _send(self, pending: _Pending) -> None:
+        assert pending.message is not None
+        topic, payload, retain, props = pending.message
         info = self._client.publish(topic, payload, qos=1, retain=retain, properties=props)
-        pending = _Pending(ack=ack, then=on_confirmed)
         with self._lock:
-            confirmed = info.mid in self._early
-            self._early.discard(info.mid)
-            if not confirmed:
+            answered = info.mid in self._early
+            reason = self._early.pop(info.mid, None)
+            if not answered:
                 self._pending[info.mid] = pending
-        if confirmed:
-            self._complete(pending)
+        if answered:
+            self._answered(pending, reason)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             log.warning("mqtt_publish_failed", topic=topic, rc=info.rc.name)
-        return pending.done
+
+    def _answered(self, pending: _Pending, reason: ReasonCode | None) -> None:
+        """The broker's PUBACK for ``pending``: confirmed, or refused (retried with backoff, or given up)."""
+        if reason is None or not getattr(reason, "is_failure", False):
+            self._complete(pending)
+            return
+        self.refused += 1
+        pending.attempts += 1
+        topic = pending.message[0] if pending.message else None
+        if not pending.retry or self._stopped:
+            log.warning("mqtt_publish_refused", topic=topic, reason=str(reason), code=reason.value, retry=False)
+            pending.done.refused = str(reason)
+            pending.done.set()
+            return
+        cfg = self._config
+        delay = min(cfg.reconnect_max_s, cfg.reconnect_min_s * 2 ** (pending.attempts - 1))
+        log.warning(
+            "mqtt_publish_refused",
+            topic=topic,
+            reason=str(reason),
+            code=reason.value,
+            attempt=pending.attempts,
+            retry_in_s=delay,
+        )
+        with self._lock:
+            self._retrying[id(pending)] = pending  # still unconfirmed (wait_confirmed, unconfirmed)
+        timer = threading.Timer(delay, self._resend, args=(id(pending),))
+        timer.daemon = True
+        timer.name = "edged-publish-retry"
+        timer.start()
+
+    def _resend(self, key: int) -> None:
+        with self._lock:
+            pending = self._retrying.pop(key, None)
+        if pending is not None and not self._stopped:
+            self._send(pending)
+
+    def on_network_thread(self) -> bool:
+        """True on paho's network thread, where waiting for the broker's answer would block its delivery."""
+        return threading.current_thread() is getattr(self._client, "_thread", None)
 
     def unconfirmed(self) -> int:
         with self._lock:
-            return len(self._pending)
+            return len(self._pending) + len(self._retrying)
 
     def wait_confirmed(self, timeout: float) -> bool:
         """Wait until every publish so far has been confirmed by the broker."""
         with self._lock:
-            events = [p.done for p in self._pending.values()]
+            events = [p.done for p in (*self._pending.values(), *self._retrying.values())]
         deadline = time.monotonic() + timeout
         return all(e.wait(max(0.0, deadline - time.monotonic())) for e in events)
 
@@ -371,14 +434,14 @@ class Bus:
         log.warning("mqtt_disconnected", reason=str(reason), attempt=self._attempt, retry_in_s=self._retry_in())
 
     def _handle_publish(
-        self, _client: mqtt.Client, _userdata: object, mid: int, _reason: ReasonCode, _props: Properties
+        self, _client: mqtt.Client, _userdata: object, mid: int, reason: ReasonCode, _props: Properties
     ) -> None:
         with self._lock:
             pending = self._pending.pop(mid, None)
             if pending is None:
-                self._early.add(mid)
+                self._early[mid] = reason
         if pending is not None:
-            self._complete(pending)
+            self._answered(pending, reason)
 
     def _handle_message(self, _client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
         props = getattr(msg, "properties", None)

@@ -195,7 +195,7 @@ def _resolve(device: Device, name: str, params: dict[str, Any]) -> Resolved:
         params=params,
         topic=action.topic or device.command_topic,
         payload=render_payload(action.payload, action.template_values(params)),
-        needs_confirmation=needs_confirmation(action, params),
+        needs_confirmation=device.confirm or needs_confirmation(action, params),
     )
 
 

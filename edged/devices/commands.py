@@ -10,7 +10,7 @@ import structlog
 from pydantic import BaseModel
 
 from edged.devices.actions import ALL_AREAS, GROUNDED_SAY, MAX_SAY, InvalidAnswer, Resolved, output_model, parse_answer
-from edged.devices.confirmations import Confirmations, TokenError
+from edged.devices.confirmations import Confirmations, TokenError, reply_tree
 from edged.devices.grounding import Grounding, ground, grounding_text, knows_words_of
 from edged.devices.pipeline import CommandPipeline
 from edged.devices.prompts import device_messages
@@ -23,7 +23,7 @@ from edged.settings import CommandSettings, SamplingSettings
 
 log = structlog.get_logger("edged.commands")
 
-Publish = Callable[[str, bytes], None]
+Publish = Callable[[str, bytes], bool | None]  # False: the broker refused it (or never confirmed it)
 # (request id, reply topic, [(topic, payload)]) -> None to go ahead (claimed), else what an earlier run already sent
 Claim = Callable[[str, str, list[tuple[str, bytes]]], list[tuple[str, bytes]] | None]
 
@@ -244,16 +244,15 @@ class DeviceControl:
         reply_topic: str,
         resolved_by: ResolvedBy,
     ) -> DeviceResult:
-        send = self._dispatch_default if dispatch is None else dispatch
+        send = self._dispatch_default and dispatch is not False  # a request may turn dispatch off, never on
         held = [a for a in actions if a.needs_confirmation]
         now = [a for a in actions if not a.needs_confirmation and send and a.topic]
         commands = [(a.topic, a.payload) for a in now if a.topic]
         earlier = self._claim(request_id, reply_topic, commands) if commands and self._claim else None
         if earlier is not None:  # run again after a crash that came after the dispatch: never send twice
             log.warning("dispatch_already_done", id=request_id, commands=len(earlier))
-            now, commands = [], []
-        for topic, payload in commands:
-            self._publish(topic, payload)
+            now = []
+        now = [a for a in now if a.topic and self._publish(a.topic, a.payload) is not False]
         listed = [{**a.describe(), "dispatched": a in now, "needs_confirmation": a.needs_confirmation} for a in actions]
         result: dict[str, Any] = {
             "actions": listed,
@@ -265,7 +264,7 @@ class DeviceControl:
             result["already_dispatched"] = [{"topic": t, "payload": p.decode(errors="replace")} for t, p in earlier]
         if not held or not send:  # a dry run only shows which actions would need confirmation
             return DeviceResult("ok", result, dispatched=now)
-        token = self.confirmations.hold(request_id, held)
+        token = self.confirmations.hold(request_id, held, scope=reply_tree(reply_topic), version=registry.version)
         result["confirmation"] = {
             "token": token,
             "expires_in_s": self.confirmations.ttl_s,
@@ -273,10 +272,11 @@ class DeviceControl:
         }
         return DeviceResult("needs_confirmation", result, dispatched=now)
 
-    def confirm(self, token: str) -> DeviceResult:
-        """Dispatch exactly the actions held under ``token``, once."""
+    def confirm(self, token: str, *, reply_topic: str | None = None) -> DeviceResult:
+        """Dispatch exactly the actions held under ``token``, once, for the caller (reply tree) it was issued to."""
+        scope = reply_tree(reply_topic) if reply_topic is not None else None
         try:
-            pending = self.confirmations.redeem(token)
+            pending = self.confirmations.redeem(token, scope=scope, version=self.store.get().version)
         except TokenError as exc:
             return DeviceResult("error", {}, exc.code, str(exc))
         for action in pending.actions:

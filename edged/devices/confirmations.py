@@ -8,7 +8,16 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import structlog
+
 from edged.devices.actions import Resolved
+
+log = structlog.get_logger("edged.confirmations")
+
+
+def reply_tree(topic: str) -> str:
+    """Where a caller reads its results: its reply topic without the last level."""
+    return topic.rsplit("/", 1)[0]
 
 
 @dataclass(frozen=True)
@@ -16,6 +25,8 @@ class Pending:
     request_id: str
     actions: tuple[Resolved, ...]
     expires_at: float
+    scope: str = ""  # the reply tree of the command that asked: only a confirm answered there redeems it
+    version: str = ""  # the registry version the actions were resolved against
 
 
 class TokenError(Exception):
@@ -35,14 +46,15 @@ class Confirmations:
         self._used: dict[str, float] = {}  # token -> expiry, to tell "reused" from "unknown"
         self._lock = threading.Lock()
 
-    def hold(self, request_id: str, actions: Iterable[Resolved]) -> str:
+    def hold(self, request_id: str, actions: Iterable[Resolved], *, scope: str = "", version: str = "") -> str:
         token = secrets.token_urlsafe(16)
         now = self._clock()
         with self._lock:
             self._forget_expired(now)
             while len(self._pending) >= self._max:
-                self._pending.pop(next(iter(self._pending)))
-            self._pending[token] = Pending(request_id, tuple(actions), now + self.ttl_s)
+                evicted = self._pending.pop(next(iter(self._pending)))
+                log.warning("confirmation_evicted", request=evicted.request_id, max_pending=self._max)
+            self._pending[token] = Pending(request_id, tuple(actions), now + self.ttl_s, scope, version)
         return token
 
     def issued(self, token: str) -> bool:
@@ -50,17 +62,26 @@ class Confirmations:
         with self._lock:
             return token in self._pending or token in self._used
 
-    def redeem(self, token: str) -> Pending:
+    def redeem(self, token: str, *, scope: str | None = None, version: str | None = None) -> Pending:
+        """The held actions, once; ``scope``: the confirming caller's reply tree, which must be the one the token
+        was issued to (else it stays pending, as if unknown); ``version``: the registry now, which must not have
+        changed since."""
         now = self._clock()
         with self._lock:
-            pending = self._pending.pop(token, None)
+            pending = self._pending.get(token)
+            if pending is not None and scope is not None and pending.scope and scope != pending.scope:
+                log.warning("confirmation_wrong_caller", request=pending.request_id)
+                pending = None
             if pending is None:
                 if token in self._used:
                     raise TokenError("token_used", "this confirmation token was already used")
-                raise TokenError("token_unknown", "no pending confirmation has this token")
+                raise TokenError("token_unknown", "no pending confirmation has this token for this reply topic")
+            del self._pending[token]
             self._used[token] = pending.expires_at
             if now > pending.expires_at:
                 raise TokenError("token_expired", f"the confirmation expired {now - pending.expires_at:.0f} s ago")
+            if version is not None and pending.version and version != pending.version:
+                raise TokenError("token_expired", "the device registry changed since; ask again")
             return pending
 
     def _forget_expired(self, now: float) -> None:

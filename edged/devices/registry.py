@@ -248,6 +248,9 @@ class Device(_Strict):
     state_topic: str | None = None
     actions: dict[str, Action] = Field({}, description="added to, or replacing, the type's default actions")
     remove_actions: list[str] = []
+    confirm: bool = Field(
+        False, description="every action of this device needs confirmation, whatever its own policy says"
+    )
     zones: list[str] = Field([], description="vacuum: the area ids it can clean, the values of its clean_area action")
 
     @field_validator("command_topic", "state_topic")

@@ -8,6 +8,7 @@ terminal (files, CI), readable console output when it is. Fields named like secr
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import re
@@ -72,7 +73,15 @@ def _renderer(fmt: Format, stream: TextIO, environ: Mapping[str, str] | None) ->
         fmt = "journal" if under_journal(stream, environ) else "console" if stream.isatty() else "json"
     if fmt == "journal":
         return JournalRenderer()
-    return structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer()
+    return structlog.processors.JSONRenderer() if fmt == "json" else console_renderer()
+
+
+def console_renderer() -> structlog.dev.ConsoleRenderer:
+    """Coloured console lines; tracebacks without local variables (they may hold a password or a key)."""
+    dev = structlog.dev
+    rich = importlib.util.find_spec("rich") is not None
+    formatter = dev.RichTracebackFormatter(show_locals=False) if rich else dev.plain_traceback
+    return dev.ConsoleRenderer(exception_formatter=formatter)
 
 
 def _not_paho_stop_noise(record: logging.LogRecord) -> bool:

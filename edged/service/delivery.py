@@ -33,6 +33,7 @@ class Delivery:
         publish_timeout_s: Callable[[], float],
         queue_depth: Callable[[], int],
         answered: Callable[[], None] = lambda: None,
+        ledger_failed: Callable[[], None] = lambda: None,
     ):
         """``record`` counts a result (stats); ``finished`` is told a request id is done (progress);
         ``answered``: a queued job's result went out (not a busy refusal)."""
@@ -43,13 +44,18 @@ class Delivery:
         self._timeout_s = publish_timeout_s
         self._depth = queue_depth
         self._answered = answered
+        self._ledger_failed = ledger_failed
 
     def result(self, job: Job, result: Result) -> None:
         """A job's result (worker threads, or the network thread for ``busy``): ledger first, then the bus."""
         assert job.request.id is not None
         rid, busy = job.request.id, result.error is not None and result.error.code == ErrorCode.BUSY
         self._finished(rid)
-        self._ledger.settle(rid, job.reply_topic, None if busy else result.to_json())  # stored before it goes out
+        try:
+            self._ledger.settle(rid, job.reply_topic, None if busy else result.to_json())  # stored before it goes out
+        except Exception as exc:  # the result still goes out; a copy arriving later may run again
+            log.exception("ledger_failed", id=rid, error=str(exc))
+            self._ledger_failed()
         confirmed = self._bus.publish(
             job.reply_topic,
             result.to_json(),

@@ -19,8 +19,9 @@ from edged.diagnostics.diagnosis import Diagnostics
 from edged.engine.types import ContextOverflow, Engine, Generation, GenerationRequest, JsonSchema, generate
 from edged.prompts import Turn, build_messages
 from edged.protocol import ErrorCode, ErrorInfo, Kind, Mode, Priority, Request, Result, Status, Timing, Usage
+from edged.service.progress import cancel_key
 from edged.service.router import Route, route
-from edged.service.sessions import SessionStore
+from edged.service.sessions import SessionStore, session_key
 from edged.settings import ModelSettings, SamplingSettings
 
 log = structlog.get_logger("edged.service")
@@ -107,7 +108,7 @@ class StopCheck:
 
     def expired(self) -> bool:
         """Cancelled, or past the deadline."""
-        if self._cancelled(self._job.request.id or ""):
+        if self._cancelled(cancel_key(self._job.request.id or "", self._job.reply_topic)):
             self.reason = "cancelled"
         elif self._job.deadline is not None and self._clock() >= self._job.deadline:
             self.reason = "deadline"
@@ -196,7 +197,7 @@ class Service:
         assert req.id is not None
         timing = Timing(queue=_ms(self._clock() - job.received_at))
         base: dict[str, Any] = {"kind": job.kind, "model": self._engine.name, "timing_ms": timing}
-        if self._cancelled(req.id):
+        if self._cancelled(cancel_key(req.id, job.reply_topic)):
             return error_result(req.id, ErrorCode.CANCELLED, "cancelled before it started", **base)
         if job.deadline is not None and self._clock() >= job.deadline:
             timing.total = timing.queue
@@ -210,7 +211,8 @@ class Service:
         resolved = self._without_model(job, timing)
         if resolved is not None:
             return resolved
-        session = self._sessions.get(req.session) if req.session else None
+        key = session_key(req.session, job.reply_topic, job.client) if req.session else None
+        session = self._sessions.get(key) if key else None
         chosen = route(job.kind, req.text, think=req.think, remembered=session.switch if session else None)
         mode, notes = chosen.mode, []
         if mode == "think" and not self._engine.supports_thinking:
@@ -256,7 +258,7 @@ class Service:
             return _stopped(req.id, started.stop.reason, begun=gen.completion_tokens > 0, **common)
         answered = started.plan.finish(gen)
         if req.session and answered.remember:
-            self._remember(req.session, started.chosen, gen)
+            self._remember(session_key(req.session, job.reply_topic, job.client), started.chosen, gen)
         return Result(
             id=req.id,
             status=answered.status,

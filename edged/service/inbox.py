@@ -39,6 +39,7 @@ class Inbox:
         queue_size: Callable[[], int],
         claim: Callable[[Inbound], bool] = lambda _msg: False,
         accepted: Callable[[], None] = lambda: None,
+        ledger_failed: Callable[[], None] = lambda: None,
     ):
         """``admin`` carries out an admin request (on the main thread); ``stopping``: leave messages to the broker;
         ``claim`` takes messages that are not requests (True: handled, acknowledged); ``accepted``: a job queued."""
@@ -53,6 +54,7 @@ class Inbox:
         self._queue_size = queue_size
         self._claim = claim
         self._accepted = accepted
+        self._ledger_failed = ledger_failed  # e.g. the status goes degraded
 
     def receive(self, msg: Inbound) -> None:
         if self._stopping.is_set():
@@ -86,7 +88,16 @@ class Inbox:
     def _admit(self, msg: Inbound, job: Job) -> bool:
         """True: run the job. Else a redelivery or a resent copy, dealt with here (see edged.service.ledger)."""
         assert job.request.id is not None
-        seen = self._ledger.admit(job.request.id, job.reply_topic, redelivered=msg.dup, origin=msg, digest=_digest(msg))
+        try:
+            seen = self._ledger.admit(
+                job.request.id, job.reply_topic, redelivered=msg.dup, origin=msg, digest=_digest(msg)
+            )
+        except Exception as exc:  # the ledger cannot say whether it ran: answer, free the broker's slot, say so
+            log.exception("ledger_failed", id=job.request.id, error=str(exc))
+            self._ledger_failed()
+            failed = error_result(job.request.id, ErrorCode.INTERNAL, "the request ledger failed; it was not run")
+            self._delivery.refusal(msg, Reply(job.reply_topic, failed))
+            return False
         if seen.verdict is Verdict.CONFLICT:
             message = f"id {job.request.id!r} belongs to another request answered on this topic recently; use a new id"
             result = error_result(job.request.id, ErrorCode.BAD_ID, message, kind=job.kind)
@@ -99,7 +110,7 @@ class Inbox:
         log.info(
             "duplicate_request", id=job.request.id, verdict=seen.verdict.value, dup=msg.dup, reply_topic=job.reply_topic
         )
-        if seen.verdict is Verdict.ANSWERED:
+        if seen.verdict in (Verdict.ANSWERED, Verdict.SURPLUS):
             self._bus.ack(msg)
         elif seen.verdict is Verdict.REPLAY and seen.result is not None:
             self._delivery.replay(msg, job.reply_topic, seen.result)

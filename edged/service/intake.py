@@ -7,6 +7,7 @@ once (the request was refused), an :class:`Admin` request for the main thread, o
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ from edged.protocol import (
     Request,
     RequestError,
     Result,
+    excerpt,
     is_priority,
     parse_admin,
     parse_cancel,
@@ -35,7 +37,8 @@ from edged.protocol import (
     valid_topic,
 )
 from edged.service.handler import Job, error_result
-from edged.service.progress import Cancellations
+from edged.service.ledger import DERIVED_PREFIX
+from edged.service.progress import Cancellations, cancel_key
 from edged.service.ratelimit import RateLimiter
 from edged.settings import RateLimitSettings, Settings
 
@@ -48,6 +51,7 @@ EVERY_INSTANCE = (
 )  # in a shared group these reach every instance: tokens and running requests are local
 OWN_TOPICS = {"status", "stats", "busy"}  # published by edged itself under {base}/
 ADMIN_ACTIONS = {"admin/reload": "reload"}
+REFUSAL_BURST = 4  # refusals (rate_limited included) have a bucket of their own, this many times the burst
 DEFAULT_PRIORITY: dict[str, Priority] = {"command": "high", "query": "normal"}
 
 
@@ -101,6 +105,9 @@ class Intake:
         self.telemetry = telemetry
         self.cancellations = cancellations or Cancellations()
         self._limiter: RateLimiter | None = None
+        self._refusal_limiter: RateLimiter | None = None
+        self.refusals_dropped = 0
+        self.oversized = 0  # device states and readings dropped unread for their size
         self.configure(settings)
 
     def configure(self, settings: Settings) -> None:
@@ -108,6 +115,8 @@ class Intake:
         req = settings.requests
         self._current = (settings, Limits(req.max_payload_bytes, req.max_text_chars, req.max_context_bytes))
         self._limiter = _limiter(req.rate_limit, self._limiter)
+        self._refusal_limiter = _limiter(req.rate_limit, self._refusal_limiter, burst_factor=REFUSAL_BURST)
+        self._reply_prefixes = tuple(p.replace("{base}", self.base) for p in req.reply_prefixes)
 
     def subscriptions(self) -> list[str]:
         settings, _ = self._current
@@ -139,7 +148,7 @@ class Intake:
     def _decide(self, msg: Inbound) -> Decision:
         settings, limits = self._current  # one reference: a reload in between does not mix old and new
         if not msg.topic.startswith(self.base + "/"):
-            self._observe(msg)
+            self._observe(msg, limits)
             return None
         suffix = msg.topic[len(self.base) + 1 :]
         if suffix == "confirm" and not msg.retained:
@@ -154,20 +163,15 @@ class Intake:
             return self._admin(msg, ADMIN_ACTIONS[suffix])
         kind = REQUEST_TOPICS.get(suffix)
         try:
-            request = parse_request(msg.payload, limits)
+            request = parse_request(msg.payload, limits, default_id=packet_id(msg))
             if kind is None:
                 raise RequestError(
                     ErrorCode.UNKNOWN_TOPIC,
-                    f"no requests are taken on {msg.topic!r}; use {self.base}/command or {self.base}/query",
+                    f"no requests are taken on {excerpt(msg.topic, 120)!r}; use {self.base}/command or /query",
                     id=request.id,
                     reply_to=request.reply_to,
                 )
-            if request.reply_to is not None and self.reserved(request.reply_to):
-                raise RequestError(
-                    ErrorCode.BAD_REPLY_TO,
-                    f"reply_to {request.reply_to!r} is a topic edged reads or that drives a device; choose another",
-                    id=request.id,
-                )
+            self.check_reply(msg, request.id, request.reply_to)
             priority = request_priority(kind, request.priority or msg.user_property("priority"), request)
             client = request.client or msg.user_property("client")
             if client is not None and not re.fullmatch(ID_PATTERN, client):
@@ -205,12 +209,27 @@ class Intake:
         )
 
     def reply_topic(self, msg: Inbound, request_id: str, reply_to: str | None) -> str:
-        """``reply_to``, else the MQTT 5 Response Topic, else ``{base}/result/{id}``; never a topic
-        edged reads or that drives a device (a result there would be taken as a command or reading)."""
-        for asked in (reply_to, msg.response_topic):
-            if asked and valid_topic(asked) and not self.reserved(asked):
-                return asked
-        return f"{self.base}/result/{request_id}"
+        """``reply_to``, else the MQTT 5 Response Topic, else ``{base}/result/{id}``; only a topic
+        :meth:`allowed` (a refusal of a topic that is not goes to the default)."""
+        asked = reply_to or msg.response_topic
+        return asked if asked and self.allowed(asked) else f"{self.base}/result/{request_id}"
+
+    def allowed(self, topic: str) -> bool:
+        """True for a reply topic under one of ``requests.reply_prefixes`` that edged does not read and that
+        drives no device (a result there would be taken as a command or reading)."""
+        under = any(topic.startswith(p) and len(topic) > len(p) for p in self._reply_prefixes)
+        return under and valid_topic(topic) and not self.reserved(topic)
+
+    def check_reply(self, msg: Inbound, request_id: str | None, reply_to: str | None) -> None:
+        """Refuse a ``reply_to`` (or, without one, an MQTT 5 Response Topic) that is not :meth:`allowed`."""
+        asked, what = (reply_to, "reply_to") if reply_to is not None else (msg.response_topic, "Response Topic")
+        if asked is not None and not self.allowed(asked):
+            prefixes = ", ".join(self._reply_prefixes)
+            raise RequestError(
+                ErrorCode.BAD_REPLY_TO,
+                f"{what} {excerpt(asked)!r} is not allowed: results go only under {prefixes}",
+                id=request_id,
+            )
 
     def reserved(self, topic: str) -> bool:
         """True for a topic a result must not go to: edged's own inputs and status, device and sensor topics."""
@@ -222,8 +241,13 @@ class Intake:
             return True
         return self.telemetry is not None and self.telemetry.covers(topic)
 
-    def _observe(self, msg: Inbound) -> None:
-        """A device state or a sensor reading (edged subscribes to nothing else outside {base})."""
+    def _observe(self, msg: Inbound, limits: Limits) -> None:
+        """A device state or a sensor reading (edged subscribes to nothing else outside {base}); one over
+        ``requests.max_payload_bytes`` is dropped before anything decodes it."""
+        if len(msg.payload) > limits.max_payload_bytes:
+            self.oversized += 1
+            log.warning("oversized_message_ignored", topic=excerpt(msg.topic, 120), bytes=len(msg.payload))
+            return
         device = self.devices.store.state_topics().get(msg.topic) if self.devices else None
         if device is not None and self.devices is not None:
             self.devices.states.update(device, msg.payload)
@@ -239,12 +263,13 @@ class Intake:
             request = parse_confirm(msg.payload, limits)
             if self.devices is None:
                 raise RequestError(ErrorCode.UNKNOWN_TOPIC, "no device registry is configured", id=request.id)
+            if self._current[0].mqtt.shared_group and not self.devices.confirmations.issued(request.token):
+                return None
+            self.check_reply(msg, request.id, request.reply_to)
         except RequestError as exc:
             return self._refuse(msg, exc, "confirm")
         assert request.id is not None
-        if self._current[0].mqtt.shared_group and not self.devices.confirmations.issued(request.token):
-            return None
-        outcome = self.devices.confirm(request.token)
+        outcome = self.devices.confirm(request.token, reply_topic=self.reply_topic(msg, request.id, request.reply_to))
         result = Result(
             id=request.id,
             kind="confirm",
@@ -257,22 +282,35 @@ class Intake:
     def _cancel(self, msg: Inbound, limits: Limits) -> Reply | None:
         """``{base}/cancel``: ``{"id": ...}`` or the bare id; that request ends with code cancelled."""
         try:
-            target = parse_cancel(msg.payload, limits)
+            target, reply_to = parse_cancel(msg.payload, limits)
         except RequestError as exc:
             return self._refuse(msg, exc, None)
-        self.cancellations.add(target)
-        log.info("cancel_requested", id=target)
+        reply_topic = reply_to or msg.response_topic or f"{self.base}/result/{target}"
+        self.cancellations.add(cancel_key(target, reply_topic))  # only the request answered there stops
+        log.info("cancel_requested", id=target, reply_topic=excerpt(reply_topic, 120))
         return None
 
-    def _admin(self, msg: Inbound, action: str) -> Admin | Reply:
+    def _admin(self, msg: Inbound, action: str) -> Admin | Reply | None:
         try:
+            limit = self._current[1].max_payload_bytes
+            if len(msg.payload) > limit:
+                raise RequestError(ErrorCode.PAYLOAD_TOO_LARGE, f"payload is {len(msg.payload)} bytes; limit {limit}")
             request = parse_admin(msg.payload)
+            self.check_reply(msg, request.id, request.reply_to)
         except RequestError as exc:
             return self._refuse(msg, exc, None)
         assert request.id is not None
         return Admin(action, request, self.reply_topic(msg, request.id, request.reply_to), msg)
 
-    def _refuse(self, msg: Inbound, exc: RequestError, kind: Kind | None) -> Reply:
+    def _refuse(self, msg: Inbound, exc: RequestError, kind: Kind | None) -> Reply | None:
+        """The error result for a refused message; None when its sender is over its rate limit for refusals too
+        (a flood of bad requests is acknowledged and counted, not answered one by one)."""
+        claimed = msg.user_property("client")  # the payload may not even parse
+        client = claimed if claimed is not None and re.fullmatch(ID_PATTERN, claimed) else None
+        if self._refusal_limiter is not None and not self._refusal_limiter.allow(client):
+            self.refusals_dropped += 1
+            log.debug("refusal_dropped", client=client, code=exc.code.value, topic=excerpt(msg.topic, 120))
+            return None
         request_id = exc.id or "unknown"
         result = error_result(request_id, exc.code, exc.message, kind=kind)
         return Reply(self.reply_topic(msg, request_id, exc.reply_to), result)
@@ -287,14 +325,23 @@ class Intake:
         return min(candidates) if candidates else None
 
 
-def _limiter(settings: RateLimitSettings | None, current: RateLimiter | None) -> RateLimiter | None:
+def packet_id(msg: Inbound) -> str:
+    """The id of a request sent without one, from what the broker redelivers unchanged (topic, payload, MQTT 5
+    response topic and correlation data): a redelivery after a crash keeps its id, so the ledger knows it."""
+    parts = (msg.topic.encode(), (msg.response_topic or "").encode(), msg.correlation_data or b"", msg.payload)
+    return DERIVED_PREFIX + hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
+
+
+def _limiter(
+    settings: RateLimitSettings | None, current: RateLimiter | None, *, burst_factor: int = 1
+) -> RateLimiter | None:
     """The limiter for ``settings``: the current one (its buckets) when they did not change."""
     if settings is None:
         return None
-    wanted = (settings.per_minute, settings.burst, settings.max_clients)
+    wanted = (settings.per_minute, settings.burst * burst_factor, settings.max_clients)
     if current is not None and (current.per_minute, current.burst, current.max_clients) == wanted:
         return current
-    return RateLimiter(per_minute=settings.per_minute, burst=settings.burst, max_clients=settings.max_clients)
+    return RateLimiter(per_minute=wanted[0], burst=wanted[1], max_clients=wanted[2])
 
 
 def _with_area(request: Request, asked: str | None) -> Request:

@@ -13,6 +13,7 @@ after a crash never dispatches them a second time.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import sqlite3
 import threading
@@ -31,6 +32,8 @@ from edged.bus.mqtt import Inbound
 log = structlog.get_logger("edged.ledger")
 
 PRUNE_EVERY = 64  # new requests between two prunes
+DERIVED_PREFIX = "pkt-"  # ids edged derives for requests sent without one (edged.service.intake.packet_id)
+MAX_COPIES = 8  # QoS 1 copies of a running request held unacknowledged; later ones are acknowledged at once
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -51,6 +54,46 @@ CREATE TABLE IF NOT EXISTS dispatches (
 """
 
 
+# Prunable rows: never a request taken on with device commands claimed and no result yet (run again after a
+# crash, it must find its claim, however long edged was down and however many requests came since).
+_SETTLED = (
+    "NOT (state = 'accepted' AND EXISTS (SELECT 1 FROM dispatches d "
+    "WHERE d.id = requests.id AND d.reply_topic = requests.reply_topic))"
+)
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        # Requests are committed without an fsync (WAL, synchronous NORMAL: safe against a crash of edged, not a
+        # power cut), so the network thread never waits on the disk; a dispatch claim is fsync'd (FULL), which
+        # also makes every earlier commit durable.
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(_SCHEMA)
+        db.execute("SELECT count(*) FROM requests").fetchone()
+    except sqlite3.DatabaseError:
+        db.close()
+        raise
+    return db
+
+
+def _move_aside(path: Path, exc: Exception) -> Path:
+    """Rename a ledger SQLite cannot read (and its journal files) to ``*.corrupt-<time>``; return ``path``."""
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    for part in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if part.exists():
+            part.rename(part.with_name(f"{part.name}.corrupt-{stamp}"))
+    log.error(
+        "ledger_corrupt",
+        path=str(path),
+        error=str(exc),
+        moved_to=f"{path.name}.corrupt-{stamp}",
+        consequence="requests answered before this start are forgotten: a redelivered one runs again",
+    )
+    return path
+
+
 def ledger_path(state_dir: Path, client_id: str) -> Path:
     """One ledger per MQTT session (client id): redeliveries come back to the same session."""
     return state_dir / f"ledger-{re.sub(r'[^A-Za-z0-9_.-]', '_', client_id)}.sqlite3"
@@ -63,6 +106,7 @@ class Verdict(Enum):
     ANSWERED = "answered"  # a broker redelivery whose result the broker had confirmed: acknowledge only
     REPLAY = "replay"  # answered before: publish the stored result again
     CONFLICT = "conflict"  # the id (and reply topic) of another request still in the window: refuse it
+    SURPLUS = "surplus"  # a copy of a running request beyond MAX_COPIES: acknowledge it now (others hold redelivery)
 
 
 @dataclass(frozen=True)
@@ -82,13 +126,13 @@ class Ledger:
         self.run = uuid.uuid4().hex  # tells this process's requests from a crashed one's
         self._clock = clock
         self._lock = threading.Lock()
-        self._followers: dict[tuple[str, str], list[Inbound]] = {}  # copies to acknowledge with the original
+        self._followers: dict[tuple[str, str], list[Inbound]] = {}  # receipts of copies to acknowledge later
         self._new_since_prune = 0
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")  # a dispatch claim must outlive a power cut too
-        self._db.executescript(_SCHEMA)
-        self.prune()
+        try:
+            self._db = _open(path)
+            self.prune()
+        except sqlite3.DatabaseError as exc:  # not a database, or a damaged one: a restart would fail the same way
+            self._db = _open(_move_aside(path, exc))
         log.info("ledger_opened", path=str(path), window_s=window_s, max_rows=max_rows)
 
     def close(self) -> None:
@@ -102,7 +146,8 @@ class Ledger:
     def admit(
         self, request_id: str, reply_topic: str, *, redelivered: bool, origin: Inbound | None = None, digest: str = ""
     ) -> Admit:
-        """What to do with a request that just arrived; ``origin`` (the message) is kept if it is a PENDING copy.
+        """What to do with a request that just arrived; of a PENDING copy (``origin``), what acknowledging it
+        needs is kept: its packet id, for QoS 1 and 2 only, for at most :data:`MAX_COPIES` copies.
 
         ``digest`` names what was asked (topic and payload): a copy has the same one; another request
         that reuses the id within the window does not, and is a CONFLICT rather than a copy."""
@@ -112,8 +157,10 @@ class Ledger:
             row = self._db.execute(
                 "SELECT state, run, sent, result, updated, digest FROM requests WHERE id=? AND reply_topic=?", key
             ).fetchone()
-            if row is not None and row[4] < now - self.window_s:
+            if row is not None and row[4] < now - self.window_s and not self._claimed(key, row[0]):
                 row = None  # outside the window: a new request that reuses an old id
+            if row is not None and row[0] == "done" and not redelivered and request_id.startswith(DERIVED_PREFIX):
+                row = None  # the same words sent again without an id: a new request (a redelivery has DUP set)
             if row is not None and digest and row[5] and digest != row[5]:
                 return Admit(Verdict.CONFLICT)
             if row is None:
@@ -139,12 +186,27 @@ class Ledger:
             )
             return Admit(Verdict.RESUMED)
         if state == "accepted" or (not sent and run == self.run):
-            if origin is not None:
-                self._followers.setdefault(key, []).append(origin)
-            return Admit(Verdict.PENDING)
+            return self._follow(key, origin)
         if sent and redelivered:
             return Admit(Verdict.ANSWERED)
         return Admit(Verdict.REPLAY, bytes(result))
+
+    def _claimed(self, key: tuple[str, str], state: str) -> bool:
+        """Taken on, device commands claimed, no result: the request must find its claim when it comes back."""
+        found = self._db.execute("SELECT 1 FROM dispatches WHERE id=? AND reply_topic=? LIMIT 1", key).fetchone()
+        return state == "accepted" and found is not None
+
+    def _follow(self, key: tuple[str, str], origin: Inbound | None) -> Admit:
+        """A copy of a request in progress: keep its receipt (never its payload) to acknowledge with the original.
+        A QoS 0 copy needs no acknowledgement; beyond MAX_COPIES, the kept ones already make the broker deliver
+        the request again should edged stop first, so the copy is acknowledged at once (SURPLUS)."""
+        if origin is None or origin.qos == 0:
+            return Admit(Verdict.PENDING)
+        kept = self._followers.setdefault(key, [])
+        if len(kept) >= MAX_COPIES:
+            return Admit(Verdict.SURPLUS)
+        kept.append(receipt(origin))
+        return Admit(Verdict.PENDING)
 
     def settle(self, request_id: str, reply_topic: str, result: bytes | None) -> None:
         """Store the result before it is published; ``None``: the request was refused unrun (busy), forget it."""
@@ -183,6 +245,7 @@ class Ledger:
         else the commands an earlier run already published for it (publish nothing)."""
         key = (request_id, reply_topic)
         with self._lock:
+            self._db.execute("PRAGMA synchronous=FULL")  # a dispatch claim must outlive a power cut too
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 earlier = self._db.execute(
@@ -198,6 +261,8 @@ class Ledger:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+            finally:
+                self._db.execute("PRAGMA synchronous=NORMAL")
         return [(t, bytes(p)) for t, p in earlier] if earlier else None
 
     # -- housekeeping ----------------------------------------------------------------------
@@ -206,9 +271,9 @@ class Ledger:
         cutoff = self._clock() - self.window_s
         with self._lock:
             self._new_since_prune = 0
-            gone = self._db.execute("DELETE FROM requests WHERE updated < ?", (cutoff,)).rowcount
+            gone = self._db.execute(f"DELETE FROM requests WHERE updated < ? AND {_SETTLED}", (cutoff,)).rowcount
             gone += self._db.execute(
-                "DELETE FROM requests WHERE rowid IN "
+                f"DELETE FROM requests WHERE {_SETTLED} AND rowid IN "
                 "(SELECT rowid FROM requests ORDER BY updated DESC LIMIT -1 OFFSET ?)",
                 (self.max_rows,),
             ).rowcount
@@ -219,3 +284,8 @@ class Ledger:
         if gone:
             log.info("ledger_pruned", rows=gone)
         return gone
+
+
+def receipt(msg: Inbound) -> Inbound:
+    """What acknowledging ``msg`` later needs (packet id and QoS), without its payload and properties."""
+    return dataclasses.replace(msg, payload=b"", response_topic=None, correlation_data=None, user_properties=())

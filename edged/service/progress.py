@@ -59,6 +59,11 @@ class ProgressReporter:
             self._last.pop(request_id, None)
 
 
+def cancel_key(request_id: str, reply_topic: str) -> str:
+    """A request as a cancel names it: its id and where its result goes (a bare id cannot stop another's)."""
+    return f"{reply_topic}\0{request_id}"
+
+
 class Cancellations:
     """Request ids asked to stop; bounded, oldest forgotten first."""
 

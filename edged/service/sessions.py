@@ -12,6 +12,14 @@ from edged.prompts import Turn
 from edged.protocol import Mode
 
 
+def session_key(session: str, reply_topic: str, client: str | None) -> str:
+    """A session belongs to its caller: the key a request names, within its reply tree (the reply topic without
+    its last level) and its claimed client. Another caller who knows the key reaches another session, unless
+    it also names this caller's reply tree, which the broker's ACL can keep it from reading."""
+    tree = reply_topic.rsplit("/", 1)[0]
+    return f"{tree}\0{client or ''}\0{session}"
+
+
 @dataclass
 class Session:
     turns: list[Turn] = field(default_factory=list)
