@@ -318,3 +318,12 @@ def test_a_model_answer_picking_one_of_several_fitting_devices_without_a_room_is
     here = control.context(registry, "sing me a song", language=None, area="living room")
     sure = control.outcome(registry, "r2", answer, dispatch=False, command=here)
     assert sure.status == "ok" and sure.result["resolved_by"] == "model"
+
+
+def test_a_model_answer_turning_a_device_both_ways_is_refused(tmp_path):
+    """'order more coffee beans' answered with the coffee machine on and off: nothing is done."""
+    control = _control(tmp_path, [])
+    registry = control.store.get()
+    both = [{"device": "coffee_machine", "action": a, "params": {}} for a in ("turn_off", "turn_on")]
+    hedge = control.outcome(registry, "r1", json.dumps({"actions": both, "say": ""}), dispatch=False)
+    assert (hedge.status, hedge.code) == ("rejected", "not_understood")
