@@ -247,7 +247,9 @@ def test_injected_text_reaches_only_registry_devices(home, text):
     assert ("zigbee2mqtt/front_door/set", b'{"state":"UNLOCK"}') not in _sent(client)
 
 
-@pytest.mark.parametrize("text", ["turn on the sauna", "set a timer for 5 minutes", "what's the weather"])
+@pytest.mark.parametrize(
+    "text", ["turn on the sauna", "set a timer for 5 minutes", "what's the weather", "why is the kitchen light on?"]
+)
 def test_what_the_home_cannot_do_is_refused(home, text):
     """Nothing in the words names a device or area here: not_understood, without asking the model."""
     daemon, client = home
