@@ -1,8 +1,10 @@
-"""Composition root: start-up and shutdown order in one place, and where each received message goes."""
+"""Composition root: start-up and shutdown order in one place (``Daemon.start`` reads as the table of contents).
+
+Received messages are routed by :mod:`edged.service.inbox`, results published by :mod:`edged.service.delivery`;
+the engine's scheduler is the one queue (:mod:`edged.service.worker` carries jobs to it)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import queue
 import threading
@@ -21,6 +23,7 @@ from edged.devices.registry import RegistryStore
 from edged.devices.state import DeviceStates
 from edged.diagnostics.diagnosis import Diagnostics
 from edged.diagnostics.telemetry import TelemetryStore
+from edged.engine.types import Engine
 from edged.ops.health import SERVING, Monitor, StatusBoard
 from edged.ops.homeassistant import discovery
 from edged.ops.logs import apply_levels
@@ -28,14 +31,16 @@ from edged.ops.metrics import MetricsServer
 from edged.ops.periodic import Periodic
 from edged.ops.sdnotify import Notifier, watchdog_interval
 from edged.ops.stats import Stats, peak_rss_mb, rss_bytes
-from edged.protocol import CONTRACT_VERSION, ErrorCode, Result
-from edged.service.handler import Engine, Job, Service, error_result
-from edged.service.intake import Admin, Intake, Reply
-from edged.service.ledger import Ledger, Verdict, ledger_path
+from edged.protocol import CONTRACT_VERSION, Result
+from edged.service.delivery import Delivery
+from edged.service.handler import Job, Service
+from edged.service.inbox import Inbox
+from edged.service.intake import Admin, Intake
+from edged.service.ledger import Ledger, ledger_path
 from edged.service.progress import Cancellations, ProgressReporter
 from edged.service.reload import Outcome, Reloader
 from edged.service.sessions import SessionStore
-from edged.service.worker import Admission, Worker
+from edged.service.worker import Worker
 from edged.settings import Settings
 
 log = structlog.get_logger("edged.app")
@@ -101,6 +106,9 @@ class Daemon:
         self.worker: Worker | None = None
         self.bus: Bus | None = None
         self.metrics: MetricsServer | None = None
+        self.delivery: Delivery | None = None
+        self.inbox: Inbox | None = None
+        self.progress = ProgressReporter(self._publish, self.base, settings.diagnostics.progress_interval_s)
         self._health_ticks = Periodic("edged-health", self._health_interval(), self.monitor.check)
         self._stats_ticks = Periodic("edged-stats", settings.stats.interval_s, self._publish_stats)
 
@@ -108,12 +116,24 @@ class Daemon:
     def start(self) -> None:
         """Connect (requests wait in the queue), load the model, serve; online and READY=1 once all three hold."""
         s = self.settings
-        self.worker = Worker(
-            None, queue_size=s.requests.queue_size, on_done=self._deliver, slots=s.model.scheduler.max_batch
-        )
+        self.worker = Worker(queue_size=s.requests.queue_size, on_done=self._deliver)
         self._health_ticks.start()  # the watchdog is fed during the model load too
-        if s.metrics.prometheus_port is not None:
-            self.metrics = MetricsServer(s.metrics.host, s.metrics.prometheus_port, self.stats_document, self._device)
+        self._start_metrics()
+        self._connect()
+        engine, service = self._load_model()
+        self._warm_up(service)
+        self.worker.start(service, engine)
+        self._stats_ticks.start()
+        self._go_online()
+
+    def _start_metrics(self) -> None:
+        m = self.settings.metrics
+        if m.prometheus_port is not None:
+            self.metrics = MetricsServer(m.host, m.prometheus_port, self.stats_document, self._device)
+
+    def _connect(self) -> None:
+        """The bus, and what routes its messages and publishes results; requests queue from now on."""
+        s = self.settings
         self.bus = Bus(
             _bus_config(s),
             on_message=self._on_message,
@@ -122,10 +142,33 @@ class Daemon:
             on_fatal=self._broker_refused,
             on_waiting=self._waiting_for_broker,
         )
+        assert self.worker is not None
+        self.delivery = Delivery(
+            self.bus,
+            self.ledger,
+            record=self.stats.record,
+            finished=self.progress.forget,
+            publish_timeout_s=lambda: self.settings.mqtt.publish_timeout_s,
+            queue_depth=self.worker.depth,
+        )
+        self.inbox = Inbox(
+            self.bus,
+            self.intake,
+            self.ledger,
+            self.worker,
+            self.delivery,
+            admin=self.control.put,  # carried out on the main thread
+            stopping=self._stopping,
+            model_name=lambda: self.engine.name if self.engine else None,
+            queue_size=lambda: self.settings.requests.queue_size,
+        )
         self.notifier.status(f"connecting to MQTT {s.mqtt.host}:{s.mqtt.port}")
         self.bus.start(self.intake.subscriptions(), watch=self.intake.watched())
+
+    def _load_model(self) -> tuple[Engine, Service]:
+        s = self.settings
         self.notifier.status(f"loading model {s.model.display_name()}")
-        self.engine = self._engine_factory(s)
+        engine = self.engine = self._engine_factory(s)
         sessions = SessionStore(
             max_turns=s.sessions.max_turns,
             max_tokens=s.sessions.max_tokens,
@@ -137,39 +180,35 @@ class Daemon:
                 self.telemetry,
                 budget_tokens=s.diagnostics.telemetry_tokens,
                 max_sensors=s.diagnostics.max_sensors,
-                count_tokens=self.engine.count_tokens,
+                count_tokens=engine.count_tokens,
                 registry=self.devices.store.get if self.devices is not None else lambda: None,
             )
             if s.diagnostics.structured
             else None
         )
-        report = ProgressReporter(self._publish, self.base, s.diagnostics.progress_interval_s)
         self.service = Service(
-            self.engine,
+            engine,
             sessions,
             s.model,
             devices=self.devices,
             diagnostics=diagnostics,
             cancelled=self.cancellations,
-            report=report,
+            report=self.progress,
         )
-        if s.model.warm_up:
-            self.notifier.status("warming up the prompt cache")
-            started = time.monotonic()
-            took = self.service.warm_up()
-            log.info(
-                "warmed_up", seconds=round(time.monotonic() - started, 2), **{f"{k}_s": v for k, v in took.items()}
-            )
-        self.worker.start(self.service)
-        self._stats_ticks.start()
-        self._go_online()
+        return engine, self.service
+
+    def _warm_up(self, service: Service) -> None:
+        if not self.settings.model.warm_up:
+            return
+        self.notifier.status("warming up the prompt cache")
+        started = time.monotonic()
+        took = service.warm_up()
+        log.info("warmed_up", seconds=round(time.monotonic() - started, 2), **{f"{k}_s": v for k, v in took.items()})
 
     def _device_control(self, s: Settings) -> DeviceControl | None:
         if s.devices.registry is None:
             return None
-        store = RegistryStore(
-            s.devices.registry, on_change=lambda _r: self.bus and self.bus.watch(self.intake.watched())
-        )
+        store = RegistryStore(s.devices.registry, on_change=lambda _registry: self._watch_registry())
         log.info(
             "registry_loaded",
             path=str(s.devices.registry),
@@ -186,6 +225,11 @@ class Daemon:
             commands=s.commands,
         )
 
+    def _watch_registry(self) -> None:
+        """The registry changed: follow the state topics of the devices it names now."""
+        if self.bus is not None:
+            self.bus.watch(self.intake.watched())
+
     def _publish(self, topic: str, payload: bytes) -> None:
         if self.bus is not None:
             self.bus.publish(topic, payload)
@@ -195,7 +239,8 @@ class Daemon:
         log.info("device_command", topic=topic, payload=payload.decode(errors="replace"))
 
     def _broker_refused(self, _reason: str) -> None:
-        """The bus gave up (bad credentials or certificate): stop, and exit with a code the service manager does not restart."""
+        """The bus gave up (bad credentials or certificate): stop, and exit with a code the service manager
+        does not restart."""
         self.exit_code = EXIT_BROKER_REFUSED
         self.control.put(STOP)
 
@@ -276,6 +321,15 @@ class Daemon:
         self.ledger.close()
         log.info("stopped", peak_rss_mb=peak_rss_mb())
 
+    # -- messages in, results out (edged.service.inbox, edged.service.delivery) ------------
+    def _on_message(self, msg: Inbound) -> None:
+        assert self.inbox is not None
+        self.inbox.receive(msg)
+
+    def _deliver(self, job: Job, result: Result) -> None:
+        assert self.delivery is not None
+        self.delivery.result(job, result)
+
     # -- status and health -----------------------------------------------------------------
     def _topic(self, suffix: str) -> str:
         return self.settings.instance_topic(suffix)  # per instance, also in a shared group
@@ -345,113 +399,6 @@ class Daemon:
         self.board.set(
             "online" if healthy else "degraded", reason=None if healthy else "worker_stuck", only_from=SERVING
         )
-
-    # -- intake (network thread: decide, publish refusals, enqueue; never blocks) ----------
-    def _on_message(self, msg: Inbound) -> None:
-        assert self.bus is not None and self.worker is not None
-        if self._stopping.is_set():
-            return  # unacknowledged: the broker delivers it again after restart
-        decision = self.intake.decide(msg)
-        if decision is None:
-            self.bus.ack(msg)
-        elif isinstance(decision, Reply):
-            self._refuse(msg, decision)
-        elif isinstance(decision, Admin):
-            self.control.put(decision)  # carried out on the main thread
-        elif not self._admit(msg, decision):
-            return  # a copy of a request edged knows: answered from the ledger, or acknowledged with the original
-        elif self.worker.submit(decision) is Admission.BUSY:
-            result = error_result(
-                decision.request.id or "unknown",
-                ErrorCode.BUSY,
-                f"queue full ({self.settings.requests.queue_size} waiting); try again later",
-                kind=decision.kind,
-                model=self.engine.name if self.engine else None,
-            )
-            self._deliver(decision, result)
-
-    def _admit(self, msg: Inbound, job: Job) -> bool:
-        """True: run the job. Else a redelivery or a resent copy, dealt with here (see edged.service.ledger)."""
-        assert self.bus is not None and job.request.id is not None
-        # A copy is the same message again: topic, payload and MQTT 5 correlation data (another correlation is
-        # another exchange the caller waits on, so it is not a copy).
-        digest = hashlib.sha256(b"\0".join((msg.topic.encode(), msg.correlation_data or b"", msg.payload))).hexdigest()[
-            :32
-        ]
-        seen = self.ledger.admit(job.request.id, job.reply_topic, redelivered=msg.dup, origin=msg, digest=digest)
-        if seen.verdict is Verdict.CONFLICT:
-            message = f"id {job.request.id!r} belongs to another request answered on this topic recently; use a new id"
-            self._refuse(
-                msg, Reply(job.reply_topic, error_result(job.request.id, ErrorCode.BAD_ID, message, kind=job.kind))
-            )
-            return False
-        if seen.verdict in (Verdict.NEW, Verdict.RESUMED):
-            if seen.verdict is Verdict.RESUMED:
-                log.info("request_resumed", id=job.request.id, reply_topic=job.reply_topic)
-            return True
-        log.info(
-            "duplicate_request", id=job.request.id, verdict=seen.verdict.value, dup=msg.dup, reply_topic=job.reply_topic
-        )
-        if seen.verdict is Verdict.ANSWERED:
-            self.bus.ack(msg)
-        elif seen.verdict is Verdict.REPLAY and seen.result is not None:
-            replay = Result.model_validate_json(seen.result).model_copy(update={"replayed": True})
-            self.bus.publish(job.reply_topic, replay.to_json(), correlation_data=msg.correlation_data, ack=msg)
-        return False  # PENDING: the original's acknowledgement covers it
-
-    def _refuse(self, msg: Inbound, reply: Reply) -> None:
-        assert self.bus is not None
-        result = reply.result
-        self.bus.publish(reply.topic, result.to_json(), correlation_data=msg.correlation_data, ack=msg)
-        self.stats.record(result)
-        log.info(
-            "request_done",
-            id=result.id,
-            kind=result.kind,
-            status=result.status,
-            code=result.error.code.value if result.error else None,
-            topic=msg.topic,
-            reply_topic=reply.topic,
-        )
-
-    # -- results (worker thread) -----------------------------------------------------------
-    def _deliver(self, job: Job, result: Result) -> None:
-        assert self.bus is not None and job.request.id is not None
-        rid, busy = job.request.id, result.error is not None and result.error.code == ErrorCode.BUSY
-        self.ledger.settle(rid, job.reply_topic, None if busy else result.to_json())  # stored before it goes out
-        confirmed = self.bus.publish(
-            job.reply_topic,
-            result.to_json(),
-            correlation_data=job.correlation_data,
-            ack=job.origin,
-            on_confirmed=lambda: self._confirmed(rid, job.reply_topic),
-        )
-        self.stats.record(result)
-        log.info(
-            "request_done",
-            id=result.id,
-            kind=result.kind,
-            mode=result.mode,
-            status=result.status,
-            code=result.error.code.value if result.error else None,
-            prompt_tokens=result.usage.prompt_tokens,
-            completion_tokens=result.usage.completion_tokens,
-            reasoning_tokens=result.usage.reasoning_tokens,
-            queue_ms=result.timing_ms.queue,
-            prefill_ms=result.timing_ms.prefill,
-            decode_ms=result.timing_ms.decode,
-            total_ms=result.timing_ms.total,
-            queue_depth=self.worker.depth() if self.worker else 0,
-        )
-        timeout = self.settings.mqtt.publish_timeout_s
-        if not busy and not confirmed.wait(timeout):  # worker thread only (busy results come from the network thread)
-            log.warning("result_unconfirmed", id=rid, timeout_s=timeout, connected=self.bus.connected.is_set())
-
-    def _confirmed(self, request_id: str, reply_topic: str) -> None:
-        """The broker has the result: copies that arrived meanwhile are acknowledged with the original."""
-        assert self.bus is not None
-        for copy in self.ledger.confirmed(request_id, reply_topic):
-            self.bus.ack(copy)
 
 
 def run(

@@ -152,7 +152,7 @@ def _install_service(args: argparse.Namespace) -> int:
         written = sf.install_systemd(args.dest or Path("/etc/systemd/system"), config)
         steps = sf.systemd_next_steps(config)
     else:
-        scope = "agent" if args.agent else "daemon"
+        scope: sf.LaunchdScope = "agent" if args.agent else "daemon"
         user = args.user or os.environ.get("SUDO_USER") or getpass.getuser()
         written = sf.install_launchd(scope, args.dest, config, user, Path.home())
         steps = sf.launchd_next_steps(scope, written[0])
@@ -205,10 +205,11 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging("warning")
         return run_demo(args.config, args.model)
     if args.command in ("bench", "bench-diagnostics"):
-        from edged.bench import diagnostics, run
+        from edged.bench import diagnostics
+        from edged.bench import run as bench
 
         setup_logging("info", "console" if sys.stderr.isatty() else "json", stream=sys.stderr)
-        return (run.run if args.command == "bench" else diagnostics.run)(args)
+        return (bench.run if args.command == "bench" else diagnostics.run)(args)
 
     settings = _load(args.config)
     if settings is None:

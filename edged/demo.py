@@ -21,7 +21,7 @@ from edged.models.store import OFFLINE_MODELS, offline_model_dir
 from edged.ops.stats import peak_rss_mb
 from edged.settings import load_settings
 
-DEMO_REQUESTS = [
+DEMO_REQUESTS: list[tuple[str, dict[str, object]]] = [
     ("command", {"text": "turn off the living room lights"}),
     ("command", {"text": "dim the hallway to 30 percent"}),
     (

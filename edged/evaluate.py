@@ -24,7 +24,8 @@ import structlog
 from edged.devices.commands import DeviceControl
 from edged.devices.registry import Registry
 from edged.devices.state import DeviceStates
-from edged.protocol import Request
+from edged.engine.types import Done, Generation, GenerationRequest
+from edged.protocol import Request, Result
 from edged.service.handler import Job, Service
 from edged.service.sessions import SessionStore
 
@@ -79,6 +80,13 @@ def load_cases(path: Path, registry: Registry, *, language: str | None = None) -
     return cases
 
 
+def _actions(result: Result) -> frozenset[Key]:
+    """The (device, action, params) a command result lists."""
+    listed = (result.result or {}).get("actions")
+    items = listed if isinstance(listed, list) else []
+    return frozenset(_key(a["device"], a["action"], a["params"]) for a in items if isinstance(a, dict))
+
+
 def _job(i: int, case: Case) -> Job:
     request = Request(id=f"eval-{i}", text=case.text, dispatch=False, language=case.language, area=case.area)
     return Job(
@@ -105,8 +113,7 @@ def run_cases(
     for i, case in enumerate(cases):
         _set_states(control, case.state)
         result = service.handle(_job(i, case))
-        body = result.result or {}
-        got = frozenset(_key(a["device"], a["action"], a["params"]) for a in body.get("actions", []))
+        got = _actions(result)
         valid = not (result.error and result.error.code.value in ("invalid_answer", "generation_failed"))
         correct = valid and (got == case.expect if case.expect else result.status == "rejected")
         outcomes.append(
@@ -119,7 +126,7 @@ def run_cases(
                 result.usage.prompt_tokens,
                 result.usage.completion_tokens,
                 result.timing_ms.mask,
-                resolved_by=str(body.get("resolved_by", "model")),
+                resolved_by=str((result.result or {}).get("resolved_by", "model")),
                 status=result.status,
             )
         )
@@ -190,9 +197,10 @@ def print_table(rows: dict[str, dict[str, Any]]) -> None:
     kinds = sorted({k for r in rows.values() for k in r["by_type"]})
     for kind in kinds:
         typed = [rows[n]["by_type"].get(kind) for n in names]
-        print(f"  {kind + ' (n=' + str(typed[0]['n'] if typed[0] else 0) + ')':22}" + "".join(
-            _pct(c["exact_match"] if c else None) for c in typed
-        ))  # fmt: skip
+        print(
+            f"  {kind + ' (n=' + str(typed[0]['n'] if typed[0] else 0) + ')':22}"
+            + "".join(_pct(c["exact_match"] if c else None) for c in typed)
+        )
 
 
 # run name -> DeviceControl options: the whole pipeline, or the model alone (plain or grounded)
@@ -256,10 +264,14 @@ class RefusingEngine:
     name = "none"
     supports_thinking = False
 
-    def generate(self, messages: Any, mode: Any, sampling: Any, **_kwargs: Any) -> Any:
-        from edged.engine.mlx import Generation
+    def submit(self, request: GenerationRequest, on_done: Done) -> None:
+        on_done(Generation('{"actions": [], "say": "no model"}', None, 0, 0, 0, 0.0, 0.0, "stop"))
 
-        return Generation('{"actions": [], "say": "no model"}', None, 0, 0, 0, 0.0, 0.0, "stop")
+    def queued(self) -> int:
+        return 0
+
+    def withdraw(self) -> list[GenerationRequest]:
+        return []
 
     def count_tokens(self, text: str) -> int:
         return len(text.split())
@@ -277,8 +289,15 @@ def cli_eval(args: Any, settings: Any) -> int:
 
     def control(*, constrain: bool, local: bool, grounded: bool) -> DeviceControl:
         commands = settings.commands.model_copy(update={"local": local, "grounded": grounded})
-        return DeviceControl(store, DeviceStates(), Confirmations(60), lambda _t, _p: None,
-                             dispatch_default=False, constrain=constrain, commands=commands)  # fmt: skip
+        return DeviceControl(
+            store,
+            DeviceStates(),
+            Confirmations(60),
+            lambda _t, _p: None,
+            dispatch_default=False,
+            constrain=constrain,
+            commands=commands,
+        )
 
     modes = ["pipeline", "model only"] if args.compare else ["pipeline"]
     if args.runs:

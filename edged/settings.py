@@ -38,7 +38,7 @@ CONFIG_ENV = "EDGED_CONFIG"
 DEFAULT_CONFIG_PATHS = (Path("/etc/edged/edged.toml"), Path("~/.config/edged/edged.toml"))
 
 
-def default_state_dir(environ: dict[str, str] | None = None) -> Path:
+def default_state_dir(environ: Mapping[str, str] | None = None) -> Path:
     """The state directory: ``$STATE_DIRECTORY`` (systemd ``StateDirectory=``), else ``$XDG_STATE_HOME/edged``,
     else ``~/.local/state/edged``."""
     env = os.environ if environ is None else environ
@@ -83,7 +83,7 @@ class TlsSettings(_Section):
     @field_validator("ca_file", "cert_file", "key_file")
     @classmethod
     def _file(cls, v: Path | None, info: ValidationInfo) -> Path | None:
-        return _readable_file(v, info.field_name)
+        return _readable_file(v, info.field_name or "file")
 
     @model_validator(mode="after")
     def _check(self) -> TlsSettings:
@@ -448,13 +448,13 @@ class Settings(BaseSettings):
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
 
 
-def find_config_file(explicit: Path | None, environ: dict[str, str] | None = None) -> Path | None:
+def find_config_file(explicit: Path | None, environ: Mapping[str, str] | None = None) -> Path | None:
     """The config file to read: ``--config``, else ``$EDGED_CONFIG``, else the first default path that exists."""
-    environ = os.environ if environ is None else environ
+    env = os.environ if environ is None else environ
     if explicit is not None:
         path = explicit.expanduser()
-    elif environ.get(CONFIG_ENV):
-        path = Path(environ[CONFIG_ENV]).expanduser()
+    elif env.get(CONFIG_ENV):
+        path = Path(env[CONFIG_ENV]).expanduser()
     else:
         return next((p.expanduser() for p in DEFAULT_CONFIG_PATHS if p.expanduser().is_file()), None)
     if not path.is_file():
@@ -463,7 +463,9 @@ def find_config_file(explicit: Path | None, environ: dict[str, str] | None = Non
 
 
 def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
-    """Read and validate settings; raises ``pydantic.ValidationError`` or ``FileNotFoundError``."""
+    """Read and validate settings; raises ``pydantic.ValidationError`` or ``FileNotFoundError``.
+
+    ``overrides`` go to pydantic-settings as init arguments (section dicts, validated there)."""
     path = find_config_file(config)
     if path is None:
         return Settings(**overrides)

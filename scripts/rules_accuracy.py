@@ -1,6 +1,8 @@
 """Rules-only accuracy on an eval set: exact matches of the rules resolver's actions (area calls expanded).
 
 Usage: python scripts/rules_accuracy.py edged/bench/eval/home.jsonl config/registry-home.toml [--split] [-v]
+       [--language de]
+Rows may carry the request's ``area`` and device ``state`` (id -> state JSON text).
 ``--split`` resolves the parts of "X and Y" requests one by one (what the command pipeline does).
 """
 
@@ -25,11 +27,14 @@ def _num(params: dict) -> str:
     )
 
 
-def _got(reg, model, resolver, text: str, split: bool) -> frozenset | None:
+def _got(reg, model, resolver, row: dict, split: bool, language: str) -> frozenset | None:
+    text = row["text"]
     parts = re.split(r"\s*(?:,\s*)?\band\b\s*|:\s*", text) if split else [text]
     keys = set()
     for part in [p for p in parts if p.strip()] or [text]:
-        proposal = resolver.resolve(reg, CommandContext(part))
+        proposal = resolver.resolve(
+            reg, CommandContext(part, language=language, area=row.get("area"), states=row.get("state", {}))
+        )
         if proposal is None:
             if split and len(parts) > 1:
                 continue
@@ -44,6 +49,7 @@ def main() -> None:
     ap.add_argument("eval")
     ap.add_argument("registry")
     ap.add_argument("--split", action="store_true")
+    ap.add_argument("--language", default="en")
     ap.add_argument("-v", action="store_true")
     args = ap.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
@@ -53,7 +59,7 @@ def main() -> None:
     exact = answered = wrong = 0
     for row in rows:
         want = frozenset((e["device"], e["action"], _num(e["params"])) for e in row["expect"])
-        got = _got(reg, model, resolver, row["text"], args.split)
+        got = _got(reg, model, resolver, row, args.split, args.language)
         answered += got is not None
         ok = got == want if want else got is None
         exact += ok

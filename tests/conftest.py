@@ -92,6 +92,7 @@ def start_daemon(broker, engine, tiny_model_dir) -> Iterator[Callable[..., Any]]
     from edged.app import Daemon
 
     started: list[Daemon] = []
+    max_batch = engine.scheduler.max_batch
 
     def start(
         settings: Settings | None = None, *, own_engine: bool = False, use_engine: Any = None, **overrides: Any
@@ -100,7 +101,10 @@ def start_daemon(broker, engine, tiny_model_dir) -> Iterator[Callable[..., Any]]
         from edged.engine.mlx import MlxEngine
 
         factory = (lambda s: MlxEngine(s.model)) if own_engine else (lambda _s: use_engine or engine)
-        daemon = Daemon(settings or make_settings(tiny_model_dir, **overrides), factory)
+        settings = settings or make_settings(tiny_model_dir, **overrides)
+        if not own_engine and use_engine is None:
+            share_engine(engine, settings)
+        daemon = Daemon(settings, factory)
         daemon.start()
         started.append(daemon)
         assert daemon.ready.wait(15), "daemon did not come online"
@@ -109,6 +113,13 @@ def start_daemon(broker, engine, tiny_model_dir) -> Iterator[Callable[..., Any]]
     yield start
     for daemon in started:
         daemon.stop()
+    engine.scheduler.max_batch = max_batch
+
+
+def share_engine(engine: Any, settings: Settings) -> None:
+    """The shared engine was loaded with the default scheduler: give it this daemon's batch size (the
+    generations in flight per priority), as if it had been loaded with these settings."""
+    engine.scheduler.max_batch = settings.model.scheduler.max_batch
 
 
 @pytest.fixture

@@ -63,8 +63,9 @@ def _control(tmp_path: Path, resolvers: list[Any], sent: list[tuple[str, bytes]]
 
 
 def _handle(control: DeviceControl, text: str, **fields: Any) -> Any:
-    service = Service(NoEngine(), SessionStore(max_turns=0, max_tokens=0, idle_s=1, max_sessions=1), ModelSettings(),
-                      devices=control)  # fmt: skip
+    service = Service(
+        NoEngine(), SessionStore(max_turns=0, max_tokens=0, idle_s=1, max_sessions=1), ModelSettings(), devices=control
+    )
     job = Job("command", Request(id="r1", text=text, **fields), time.monotonic(), None, "edged/t/result/r1", False)
     return service.handle(job)
 
@@ -132,8 +133,10 @@ def test_rules_after_local_and_resolved_by_says_which(tmp_path):
 def test_locally_resolved_command_is_dispatched_without_the_model(tmp_path):
     """The engine is never called; the device topic gets the registry's payload."""
     sent: list[tuple[str, bytes]] = []
-    result = _handle(_control(tmp_path, [Phrasebook({"turn off the kitchen light": OFF_KITCHEN})], sent),
-                     "hey edged turn off the kitchen light please")  # fmt: skip
+    result = _handle(
+        _control(tmp_path, [Phrasebook({"turn off the kitchen light": OFF_KITCHEN})], sent),
+        "hey edged turn off the kitchen light please",
+    )
     assert result.status == "ok" and result.result["resolved_by"] == "local"
     assert result.result["say"] == "Turn off: Kitchen light."
     assert sent == [("zigbee2mqtt/kitchen_ceiling/set", b'{"state":"OFF"}')]
@@ -190,8 +193,10 @@ def test_stats_and_metrics_count_commands_by_resolving_layer():
     assert doc["commands_resolved_by"] == {"local": 2, "rules": 1, "model": 1}
     family = next(f for f in families(doc, {}) if f.name == "edged_commands_resolved")
     assert {s.labels["resolved_by"]: s.value for s in family.samples if s.name.endswith("_total")} == {
-        "local": 2, "rules": 1, "model": 1
-    }  # fmt: skip
+        "local": 2,
+        "rules": 1,
+        "model": 1,
+    }
 
 
 @pytest.fixture
@@ -310,14 +315,14 @@ def test_grounded_grammar_keeps_a_random_model_on_the_candidates(engine, tmp_pat
 
 
 def test_a_model_answer_picking_one_of_several_fitting_devices_without_a_room_is_refused(tmp_path):
-    """'sing me a song' fits the TV and the kids' speaker: the model choosing one is no confident answer;
+    """'pause the music' fits the TV and the kids' speaker: the model choosing one is no confident answer;
     the speaker's area makes it one."""
     control = _control(tmp_path, [])
     registry = control.store.get()
-    answer = json.dumps({"actions": [{"device": "living_room_tv", "action": "play", "params": {}}], "say": ""})
-    unsure = control.outcome(registry, "r1", answer, dispatch=False, command=CommandContext("sing me a song"))
+    answer = json.dumps({"actions": [{"device": "living_room_tv", "action": "pause", "params": {}}], "say": ""})
+    unsure = control.outcome(registry, "r1", answer, dispatch=False, command=CommandContext("pause the music"))
     assert (unsure.status, unsure.code) == ("rejected", "not_understood")
-    here = control.context(registry, "sing me a song", language=None, area="living room")
+    here = control.context(registry, "pause the music", language=None, area="living room")
     sure = control.outcome(registry, "r2", answer, dispatch=False, command=here)
     assert sure.status == "ok" and sure.result["resolved_by"] == "model"
 

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from conftest import make_settings
+from conftest import make_settings, share_engine
 from proc import Mosquitto, free_port
 from tally import Tally, log_events
 from test_devices import GREEDY, SMALL
@@ -38,6 +38,7 @@ def daemon_on(engine, tiny_model_dir) -> Iterator:
     from edged.app import Daemon
 
     started = []
+    max_batch = engine.scheduler.max_batch
 
     def start(port: int, *, notifier=None, wait: bool = True, **mqtt) -> Daemon:
         # One query at a time, so that requests queue behind the one generating.
@@ -46,6 +47,7 @@ def daemon_on(engine, tiny_model_dir) -> Iterator:
             mqtt={"port": port, "reconnect_min_s": 1, "reconnect_max_s": 2, **mqtt},
             model={"think": LONG_THINK, "scheduler": {"max_batch": 1}},
         )
+        share_engine(engine, settings)
         daemon = Daemon(settings, lambda _s: engine, notifier=notifier)
         started.append(daemon)
         daemon.start()
@@ -56,6 +58,7 @@ def daemon_on(engine, tiny_model_dir) -> Iterator:
     yield start
     for daemon in started:
         daemon.stop()
+    engine.scheduler.max_batch = max_batch
 
 
 def _caller(daemon, broker: Mosquitto):

@@ -88,7 +88,7 @@ def test_all_lights_fit_in_one_answer(resolver: IntentResolver, home: Registry) 
     """Every light in the house: area "all" calls, within the answer's action limit."""
     proposal = resolve(resolver, home, "turn off all the lights")
     assert proposal is not None and len(proposal.calls) <= MAX_ACTIONS
-    lights = {d.id for d in home.devices if d.type in ("light", "dimmer")}
+    lights = {d.id for d in home.devices if d.type in ("light", "dimmer", "color_light")}
     assert devices_of(home, proposal) == {(d, "turn_off", "{}") for d in lights}
 
 

@@ -57,6 +57,26 @@ def _reg(**changes) -> dict:
             },
             "min <= max",
         ),
+        (
+            {
+                "devices": [
+                    {
+                        "id": "l1",
+                        "name": "L",
+                        "area": "a",
+                        "type": "generic",
+                        "actions": {
+                            "go": {
+                                "params": {"mode": {"type": "enum", "values": ["eco", "max"]}},
+                                "payload": "{mode}",
+                                "confirm_if": {"param": "mode", "above": 1},
+                            }
+                        },
+                    }
+                ]
+            },
+            "integer or number",
+        ),
         ({"colour": "red"}, "Extra inputs"),
     ],
 )
@@ -227,7 +247,8 @@ def test_color_light_payloads_are_computed_from_names_and_kelvin():
     )
     temp = reg.device("kids_color_lamp").all_actions()["set_color_temp"]
     assert render_payload(temp.payload, temp.template_values({"kelvin": 2500})) == b'{"state":"ON","color_temp":400}'
-    assert _one(reg, {"device": "kids_color_lamp", "action": "set_color_temp", "params": {"kelvin": 4000}})
+    resolved = _one(reg, {"device": "kids_color_lamp", "action": "set_color_temp", "params": {"kelvin": 4000}})
+    assert resolved.payload == b'{"state":"ON","color_temp":250}'  # what a validated answer dispatches
     for bad in ({"color": "mauve"}, {"kelvin": 9000}):
         action = "set_color" if "color" in bad else "set_color_temp"
         with pytest.raises(InvalidAnswer):

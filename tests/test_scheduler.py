@@ -172,3 +172,46 @@ def test_jump_forward_counts_forced_tokens_and_changes_nothing(smol_engine, text
     assert jumped.answer == stepped.answer
     actions, _say = parse_answer(REGISTRY, output_model(REGISTRY), jumped.answer)
     assert actions
+
+
+def test_submit_queues_by_batch_limit_and_withdraw_takes_back_the_unstarted(engine):
+    """With one generation per priority, later queries wait unstarted in the engine's queue: ``queued`` counts
+    them, ``withdraw`` hands them back (never finished), and a waiting one reports its wait as queue_ms."""
+    from edged.engine.types import GenerationRequest
+
+    long_query = NoThinkSampling(temperature=0.0, top_p=1.0, top_k=0, max_tokens=40)
+    running, results = threading.Event(), {}
+    finished = {name: threading.Event() for name in "abcd"}
+
+    def done(name):
+        return lambda outcome: (results.__setitem__(name, outcome), finished[name].set())
+
+    saved, engine.scheduler.max_batch = engine.scheduler.max_batch, 1
+    try:
+        first = GenerationRequest(_query(), "no_think", long_query, should_stop=lambda: running.set() or False)
+        engine.submit(first, done("a"))
+        assert running.wait(120)
+        waiting = [GenerationRequest(_query(f"pump {i}?"), "no_think", GREEDY) for i in (1, 2)]
+        for name, request in zip("bc", waiting):
+            engine.submit(request, done(name))
+        assert engine.queued() == 2
+        assert [id(r) for r in engine.withdraw()] == [id(r) for r in waiting] and engine.queued() == 0
+        engine.submit(GenerationRequest(_query("pump 4?"), "no_think", GREEDY), done("d"))
+        assert finished["a"].wait(300) and finished["d"].wait(300)
+    finally:
+        engine.scheduler.max_batch = saved
+    a, d = results["a"], results["d"]
+    assert not finished["b"].is_set() and not finished["c"].is_set()
+    assert d.step_span[1] >= a.step_span[2]  # it started once the first had finished
+    assert d.queue_ms > 0 and a.finish_reason == "length"
+
+
+def test_a_request_expired_in_the_queue_ends_without_prefill(engine):
+    """``expired`` is asked once when a request leaves the queue: true ends it there, no step spent on it."""
+    from edged.engine.types import GenerationRequest, generate
+
+    asked: list[int] = []
+    request = GenerationRequest(_query(), "no_think", GREEDY, expired=lambda: asked.append(1) or True)
+    gen = generate(engine, request)
+    assert (gen.finish_reason, gen.completion_tokens, gen.steps, gen.cached_tokens) == ("stopped", 0, 0, 0)
+    assert asked == [1]

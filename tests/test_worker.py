@@ -1,26 +1,66 @@
-"""The worker thread and its bounded queue, with a scripted service (no model needed here)."""
+"""The worker between intake and the engine: admission against the engine's queue, stop, stuck detection.
+
+A scripted engine here (no model needed): it runs one generation at a time, in submission order, until
+released; the real engine's ordering and batching are in test_scheduler.py."""
 
 from __future__ import annotations
 
 import threading
 import time
 
-from edged.protocol import Request, Result
-from edged.service.handler import Job
-from edged.service.worker import Admission, Worker
+from edged.engine.types import Done, Generation, GenerationRequest
+from edged.protocol import Request
+from edged.service.handler import Job, Service
+from edged.service.sessions import SessionStore
+from edged.service.worker import THREADS, Admission, Worker
+from edged.settings import ModelSettings
+
+GEN = Generation(
+    answer="ok",
+    reasoning=None,
+    prompt_tokens=3,
+    completion_tokens=1,
+    reasoning_tokens=0,
+    prefill_ms=1.0,
+    decode_ms=1.0,
+    finish_reason="stop",
+)
 
 
-class GatedService:
-    """Blocks each request until released, without reporting progress."""
+class GatedEngine:
+    """The oldest request runs until ``release``; the rest are queued (and can be withdrawn)."""
 
-    def __init__(self):
-        self.release = threading.Event()
+    name = "gated"
+    supports_thinking = True
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.held: list[tuple[GenerationRequest, Done]] = []
         self.entered = threading.Event()
+        self.withdrawn = threading.Event()
 
-    def handle(self, job: Job, *, progress) -> Result:
+    def submit(self, request: GenerationRequest, on_done: Done) -> None:
+        with self._lock:
+            self.held.append((request, on_done))
         self.entered.set()
-        self.release.wait()
-        return Result(id=job.request.id, kind=job.kind, status="ok")
+
+    def queued(self) -> int:
+        with self._lock:
+            return max(0, len(self.held) - 1)
+
+    def withdraw(self) -> list[GenerationRequest]:
+        with self._lock:
+            taken, self.held = self.held[1:], self.held[:1]
+        self.withdrawn.set()
+        return [request for request, _done in taken]
+
+    def release(self) -> None:
+        with self._lock:
+            _request, on_done = self.held.pop(0)
+        on_done(GEN)
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
 
 
 def _job(i: int) -> Job:
@@ -34,78 +74,57 @@ def _job(i: int) -> Job:
     )
 
 
-def _worker(service, done, size=2) -> Worker:
-    worker = Worker(service, queue_size=size, on_done=lambda job, result: done.append((job.request.id, result.status)))
-    worker.start()
+def _worker(engine: GatedEngine, done: list[tuple[str, str]], size: int = 2) -> Worker:
+    worker = Worker(queue_size=size, on_done=lambda job, result: done.append((job.request.id, result.status)))
+    sessions = SessionStore(max_turns=2, max_tokens=256, idle_s=60, max_sessions=2)
+    worker.start(Service(engine, sessions, ModelSettings(path="/models/none")), engine)
     return worker
 
 
-def test_full_queue_is_busy_and_stop_returns_unstarted_jobs():
-    """One running + a full queue -> busy; stop finishes the running job and hands back the rest."""
-    service, done = GatedService(), []
-    worker = _worker(service, done, size=2)
+def test_full_queue_is_busy_and_stop_returns_unstarted_jobs() -> None:
+    """One generating + a full engine queue -> busy; stop finishes the running job and hands back the rest."""
+    engine, done = GatedEngine(), []
+    worker = _worker(engine, done, size=2)
     assert worker.submit(_job(0)) is Admission.ACCEPTED
-    assert service.entered.wait(5)
+    assert engine.entered.wait(5)
     assert [worker.submit(_job(i)) for i in (1, 2, 3)] == [Admission.ACCEPTED, Admission.ACCEPTED, Admission.BUSY]
-    threading.Timer(0.05, service.release.set).start()
+    assert len([t for t in threading.enumerate() if t.name.startswith("edged-service")]) <= THREADS
+    releaser = threading.Thread(target=lambda: engine.withdrawn.wait(5) and engine.release())
+    releaser.start()
     left = worker.stop(timeout=5)
+    releaser.join()
     assert done == [("j0", "ok")]
     assert [j.request.id for j in left] == ["j1", "j2"]
     assert worker.submit(_job(4)) is Admission.STOPPING
 
 
-def test_stuck_only_without_progress():
+def test_jobs_before_start_wait_and_count_against_the_queue() -> None:
+    """Requests that come while the model loads are held (bounded by queue_size) and served once it is up."""
+    engine, done = GatedEngine(), []
+    worker = Worker(queue_size=2, on_done=lambda job, result: done.append((job.request.id, result.status)))
+    assert [worker.submit(_job(i)) for i in range(3)] == [Admission.ACCEPTED, Admission.ACCEPTED, Admission.BUSY]
+    assert worker.depth() == 2
+    sessions = SessionStore(max_turns=2, max_tokens=256, idle_s=60, max_sessions=2)
+    worker.start(Service(engine, sessions, ModelSettings(path="/models/none")), engine)
+    for _ in range(2):
+        while not engine.held:
+            engine.entered.wait(5)
+            engine.entered.clear()
+        engine.release()
+    assert worker.stop(timeout=5) == []
+    assert sorted(done) == [("j0", "ok"), ("j1", "ok")]
+
+
+def test_stuck_only_without_progress() -> None:
     """Idle is never stuck; a running job is stuck once it has been silent longer than the limit."""
-    service, done = GatedService(), []
-    worker = _worker(service, done)
+    engine, done = GatedEngine(), []
+    worker = _worker(engine, done)
     assert not worker.stuck(0.0)  # idle
     worker.submit(_job(0))
-    assert service.entered.wait(5)
+    assert engine.entered.wait(5)
     assert not worker.stuck(60.0)  # the job just started
     worker.heartbeat -= 10  # as if ten silent seconds had passed
     assert worker.stuck(5.0)
-    service.release.set()
+    engine.release()
     worker.stop(timeout=5)
     assert done == [("j0", "ok")] and not worker.stuck(0.0)
-
-
-class PerJobGate:
-    """Blocks each request until its own release; records the order in which they started."""
-
-    def __init__(self):
-        self.started: list[str] = []
-        self.entered = {f"j{i}": threading.Event() for i in range(8)}
-        self.release = {f"j{i}": threading.Event() for i in range(8)}
-
-    def handle(self, job: Job, *, progress) -> Result:
-        self.started.append(job.request.id)
-        self.entered[job.request.id].set()
-        self.release[job.request.id].wait(30)
-        return Result(id=job.request.id, kind=job.kind, status="ok")
-
-
-def test_commands_start_at_once_while_queries_hold_their_slots():
-    """Each priority has its own slots: a command starts beside a running query; queued queries wait;
-    when slots free up, the most urgent queued job goes first."""
-    service, done = PerJobGate(), []
-    worker = Worker(service, queue_size=8, on_done=lambda job, result: done.append(job.request.id), slots=1)
-    worker.start()
-    query = lambda i: Job(**{**vars(_job(i)), "kind": "query", "priority": "normal"})  # noqa: E731
-    command = lambda i: Job(**{**vars(_job(i)), "priority": "high"})  # noqa: E731
-    worker.submit(query(0))
-    assert service.entered["j0"].wait(5)
-    worker.submit(query(1))  # waits: the normal slot is taken
-    worker.submit(command(2))
-    assert service.entered["j2"].wait(5)  # did not wait behind the queries
-    worker.submit(command(3))
-    worker.submit(Job(**{**vars(_job(4)), "priority": "low"}))
-    assert service.entered["j4"].wait(5)  # low has its own slot too
-    service.release["j2"].set()
-    assert service.entered["j3"].wait(5)
-    assert not service.entered["j1"].is_set() and worker.depth() == 1 and worker.in_flight() == 3
-    service.release["j0"].set()
-    assert service.entered["j1"].wait(5)  # the query slot is free again
-    for gate in service.release.values():
-        gate.set()
-    assert worker.stop(timeout=5) == []
-    assert service.started == ["j0", "j2", "j4", "j3", "j1"] and sorted(done) == ["j0", "j1", "j2", "j3", "j4"]

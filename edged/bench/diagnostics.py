@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 import uuid
@@ -61,7 +62,10 @@ def _toml_value(v: Any) -> str:
 
 
 def pump_line_example() -> dict[str, Any]:
-    from edged.devices.registry import tomllib
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
 
     return tomllib.loads((CONFIG / "edged-pump-line.toml").read_text(encoding="utf-8"))
 

@@ -55,7 +55,8 @@ def main() -> None:
     parser.add_argument("--child", nargs=2, metavar=("BLAS", "DTYPE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(*args.child, args.runs)
+        blas, dtype = args.child
+        child(blas, dtype, args.runs)
         return
     rows = []
     for blas, dtype in COMBINATIONS:

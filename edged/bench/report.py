@@ -171,10 +171,10 @@ def ratios(
     }
     for name, ref in (("baseline", baseline), ("llama_cpp", llama)):
         ok = ref is not None and "rows" in ref
-        out[f"p50_vs_{name}"] = _ratio(edged["idle"]["p50_ms"], ref["p50_ms"]) if ok else None
-        out[f"p95_vs_{name}"] = _ratio(edged["idle"]["p95_ms"], ref["p95_ms"]) if ok else None
+        out[f"p50_vs_{name}"] = _ratio(edged["idle"]["p50_ms"], ref["p50_ms"]) if ref and ok else None
+        out[f"p95_vs_{name}"] = _ratio(edged["idle"]["p95_ms"], ref["p95_ms"]) if ref and ok else None
         for k in ("prompt_tok_s", "decode_tok_s", "peak_rss_mb"):
-            out[f"{k}_vs_{name}"] = _ratio(edged.get(k), ref.get(k)) if ok else None
+            out[f"{k}_vs_{name}"] = _ratio(edged.get(k), ref.get(k)) if ref and ok else None
     return out
 
 

@@ -210,7 +210,7 @@ def references(
             )
         except subprocess.CalledProcessError as exc:  # a broken build must not cost the rest of the run
             reason = f"the llama.cpp process failed (exit code {exc.returncode}; see {workdir / 'llamacpp.log'})"
-    if reason is None:
+    if reason is None and model.gguf is not None:
         out["llama_cpp"] = report.reference_figures(ref)
         out["notes"].append(
             f"llama.cpp: {model.gguf.name}, all {len(budgets)} idle prompts, one Llama object (prompt reuse), "

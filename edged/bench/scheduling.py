@@ -25,6 +25,7 @@ from edged.devices.actions import output_model  # noqa: E402
 from edged.devices.prompts import device_messages  # noqa: E402
 from edged.devices.registry import load_registry  # noqa: E402
 from edged.engine.mlx import MlxEngine  # noqa: E402
+from edged.engine.types import Generation  # noqa: E402
 from edged.models.store import ensure_demo_model  # noqa: E402
 from edged.prompts import build_messages  # noqa: E402
 from edged.settings import ModelSettings, NoThinkSampling  # noqa: E402
@@ -46,10 +47,15 @@ UTTERANCES = [
 ]
 
 
-def command(engine: MlxEngine, text: str, **kw):
+def command(engine: MlxEngine, text: str, *, jump_forward: bool | None = None) -> tuple[Generation, float]:
     started = time.perf_counter()
     gen = engine.generate(
-        device_messages(REGISTRY, text, states={}), "no_think", COMMAND, schema=SCHEMA, priority="high", **kw
+        device_messages(REGISTRY, text, states={}),
+        "no_think",
+        COMMAND,
+        schema=SCHEMA,
+        priority="high",
+        jump_forward=jump_forward,
     )
     return gen, time.perf_counter() - started
 

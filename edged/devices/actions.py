@@ -13,11 +13,12 @@ import json
 import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from edged.devices.registry import Action, Device, Param, Registry, on_step
+from edged.typeforms import any_of, one_of
 
 MAX_ACTIONS = 6
 MAX_SAY = 160
@@ -43,7 +44,7 @@ def _param_type(p: Param, heard: Any = None) -> Any:
     if p.type == "boolean":
         return bool
     if p.type == "enum":
-        return Literal[tuple(p.values)]  # type: ignore[misc]
+        return one_of(p.values or ())
     return Annotated[str, Field(max_length=p.max_length)]
 
 
@@ -93,8 +94,8 @@ def device_action_models(devices: Iterable[Device], values: Mapping[str, Any] | 
                 create_model(
                     f"Do{tag}",
                     __base__=_Closed,
-                    device=(Literal[d.id], ...),
-                    action=(Literal[name], ...),
+                    device=(one_of([d.id]), ...),
+                    action=(one_of([name]), ...),
                     params=(_params_model(f"{tag}Params", action, values), ...),
                 )
             )
@@ -124,15 +125,15 @@ def output_model(
             create_model(
                 f"All{tag}",
                 __base__=_Closed,
-                area=(Literal[area], ...),
-                type=(Literal[dtype], ...),
-                action=(Literal[name], ...),
+                area=(one_of([area]), ...),
+                type=(one_of([dtype]), ...),
+                action=(one_of([name]), ...),
                 params=(_params_model(f"All{tag}Params", action, values), ...),
             )
         )
     if not items:
         raise ValueError("a grounded answer model needs at least one device or area")
-    item = Union[tuple(items)]  # type: ignore[valid-type]  # noqa: UP007 (a union built at run time)
+    item = any_of(items)
     return create_model(
         "CommandAnswer",
         __base__=_Closed,
@@ -190,7 +191,7 @@ def _resolve(device: Device, name: str, params: dict[str, Any]) -> Resolved:
         action=name,
         params=params,
         topic=action.topic or device.command_topic,
-        payload=render_payload(action.payload, params),
+        payload=render_payload(action.payload, action.template_values(params)),
         needs_confirmation=needs_confirmation(action, params),
     )
 

@@ -246,14 +246,13 @@ class DeviceControl:
         send = self._dispatch_default if dispatch is None else dispatch
         held = [a for a in actions if a.needs_confirmation]
         now = [a for a in actions if not a.needs_confirmation and send and a.topic]
-        earlier = (
-            self._claim(request_id, reply_topic, [(a.topic, a.payload) for a in now]) if now and self._claim else None
-        )  # type: ignore[misc]
+        commands = [(a.topic, a.payload) for a in now if a.topic]
+        earlier = self._claim(request_id, reply_topic, commands) if commands and self._claim else None
         if earlier is not None:  # run again after a crash that came after the dispatch: never send twice
             log.warning("dispatch_already_done", id=request_id, commands=len(earlier))
-            now = []
-        for action in now:
-            self._publish(action.topic, action.payload)  # type: ignore[arg-type]
+            now, commands = [], []
+        for topic, payload in commands:
+            self._publish(topic, payload)
         listed = [{**a.describe(), "dispatched": a in now, "needs_confirmation": a.needs_confirmation} for a in actions]
         result: dict[str, Any] = {
             "actions": listed,

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import re
 import sys
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import cn2an  # type: ignore[import-untyped]
 from text_to_num import alpha2digit  # type: ignore[import-untyped]
 
 if sys.version_info >= (3, 11):
@@ -26,9 +28,10 @@ else:  # pragma: no cover
 SHIPPED = Path(__file__).resolve().parent / "lexicon"
 DEFAULT_LANGUAGE = "en"
 GAP = "..."  # in a phrase: up to MAX_GAP other words
-MAX_GAP = 4
+MAX_GAP = 6
 _TEXT2NUM = {"en", "de", "fr", "es", "pt", "it", "nl", "da"}
-_WORD = re.compile(r"[\u3400-\u9fff]|[0-9]+(?:\.[0-9]+)?|°c?|%|[^\W\d_\u3400-\u9fff]+")
+_ZH_ONE = re.compile(r"(?<![0-9])1(?=[下点些半会个])")  # 一下, 一点: "a little", not the number one
+_WORD = re.compile(r"[\u3400-\u9fff]|-?[0-9]+(?:\.[0-9]+)?|°c?|%|[^\W\d_\u3400-\u9fff]+")
 
 
 @dataclass(frozen=True)
@@ -40,12 +43,19 @@ class Word:
     end: int
 
 
-def normalize(text: str, language: str = DEFAULT_LANGUAGE) -> str:
+def normalize(text: str, language: str = DEFAULT_LANGUAGE, *, numbers: bool = True) -> str:
     """Lower case, apostrophes dropped, hyphens as spaces, number words as digits (where supported)."""
-    out = re.sub(r"['’`]", "", text.lower()).replace("-", " ").replace("_", " ")
+    out = re.sub(r"['’`]", "", text.lower()).replace("_", " ")
+    out = re.sub(r"-(?!\d)|(?<=\w)-", " ", out)  # hyphens join words; a minus sign stays ("-20")
     out = re.sub(r"(\d),(\d)", r"\1.\2", out) if language != "en" else out
+    if not numbers:
+        return out
     if language in _TEXT2NUM:
         out = alpha2digit(out, language)
+    elif language == "zh":
+        with warnings.catch_warnings():  # cn2an warns about numerals it leaves as they are
+            warnings.simplefilter("ignore")
+            out = _ZH_ONE.sub("一", cn2an.transform(out, "cn2an"))
     return out
 
 
@@ -54,12 +64,13 @@ def words(text: str) -> list[Word]:
     return [Word(m.group(0), m.start(), m.end()) for m in _WORD.finditer(text)]
 
 
-def phrase_words(phrase: str, language: str = DEFAULT_LANGUAGE) -> tuple[str, ...]:
-    """A lexicon phrase or registry name as the words it matches ("..." kept as a gap)."""
+@lru_cache(maxsize=8192)
+def phrase_words(phrase: str, language: str = DEFAULT_LANGUAGE, *, numbers: bool = True) -> tuple[str, ...]:
+    """A registry name (numbers=True) or lexicon phrase as the words it matches ("..." kept as a gap)."""
     parts = phrase.split(GAP)
     out: list[str] = []
     for i, part in enumerate(parts):
-        out += [w.text for w in words(normalize(part, language))]
+        out += [w.text for w in words(normalize(part, language, numbers=numbers))]
         if i < len(parts) - 1:
             out.append(GAP)
     return tuple(out)
@@ -110,10 +121,14 @@ class Lexicon:
     language: str
     fillers: frozenset[str]
     questions: frozenset[str]
+    question_endings: frozenset[str]  # a last word that makes a question (zh 吗)
+    weak_verbs: frozenset[tuple[str, ...]]  # verbs that count only when no other is said ("on", "off")
+    unsupported: tuple[tuple[str, ...], ...]  # negation, exceptions, alternatives, times: not for the rules
     unknown_nouns: frozenset[str]
     here: tuple[tuple[str, ...], ...]
     everywhere: tuple[tuple[str, ...], ...]
     current: tuple[tuple[str, ...], ...]
+    absolute: frozenset[str]  # a word before a number that makes it the value to set ("to 30")
     numbers: dict[str, float]
     units: Phrases
     colors: Phrases
@@ -157,7 +172,9 @@ def load_lexicon(language: str = DEFAULT_LANGUAGE, extra_dirs: tuple[Path, ...] 
 
 def _build(language: str, data: dict[str, Any]) -> Lexicon:
     def ph(items: Iterable[str]) -> tuple[tuple[str, ...], ...]:
-        return tuple(sorted({phrase_words(p, language) for p in items} - {()}, key=lambda p: (-len(p), p)))
+        return tuple(
+            sorted({phrase_words(p, language, numbers=False) for p in items} - {()}, key=lambda p: (-len(p), p))
+        )
 
     def table(section: dict[str, Any]) -> Phrases:
         return {str(k): ph(v) for k, v in section.items() if isinstance(v, list)}
@@ -165,14 +182,23 @@ def _build(language: str, data: dict[str, Any]) -> Lexicon:
     relative = data.get("relative", {})
     return Lexicon(
         language=language,
-        fillers=frozenset(w for f in data.get("fillers", []) for w in phrase_words(f, language)),
-        questions=frozenset(w for f in data.get("questions", []) for w in phrase_words(f, language)),
-        unknown_nouns=frozenset(w for f in data.get("unknown_nouns", []) for w in phrase_words(f, language)),
+        fillers=frozenset(w for f in data.get("fillers", []) for w in phrase_words(f, language, numbers=False)),
+        questions=frozenset(w for f in data.get("questions", []) for w in phrase_words(f, language, numbers=False)),
+        question_endings=frozenset(
+            w for f in data.get("question_endings", []) for w in phrase_words(f, language, numbers=False)
+        ),
+        weak_verbs=frozenset(ph(data.get("weak_verbs", []))),
+        unsupported=ph(data.get("unsupported", [])),
+        unknown_nouns=frozenset(
+            w for f in data.get("unknown_nouns", []) for w in phrase_words(f, language, numbers=False)
+        ),
         here=ph(data.get("here", [])),
         everywhere=ph(data.get("everywhere", [])),
         current=ph(data.get("current", [])),
+        absolute=frozenset(w for f in data.get("absolute", []) for w in phrase_words(f, language, numbers=False)),
         numbers={
-            " ".join(phrase_words(k.replace("_", " "), language)): float(v) for k, v in data.get("numbers", {}).items()
+            " ".join(phrase_words(k.replace("_", " "), language, numbers=False)): float(v)
+            for k, v in data.get("numbers", {}).items()
         },
         units=table(data.get("units", {})),
         colors=table(data.get("colors", {})),

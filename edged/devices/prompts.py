@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 from edged.devices.registry import Device, Param, Registry
 from edged.prompts import Turn, user_content
@@ -22,9 +21,10 @@ DEVICE_SYSTEM = (
 
 def _param_text(name: str, p: Param) -> str:
     if p.type in ("integer", "number"):
-        return f"{name} {p.min:g}-{p.max:g}{(' ' + p.unit) if p.unit else ''}"
+        lo, hi = p.bounds
+        return f"{name} {lo:g}-{hi:g}{(' ' + p.unit) if p.unit else ''}"
     if p.type == "enum":
-        return f"{name} one of {'/'.join(p.values)}"
+        return f"{name} one of {'/'.join(p.choices)}"
     return f"{name} {p.type}"
 
 
@@ -45,12 +45,12 @@ def actions_text(device: Device) -> str:
     )
 
 
-def _example_value(p: Param) -> Any:
+def _example_value(p: Param) -> int | float | str | bool:
     if p.type == "integer":
-        return int((p.min + p.max) // 2)
+        return int(sum(p.bounds) // 2)
     if p.type == "number":
-        return float((p.min + p.max) / 2)
-    return p.values[0] if p.type == "enum" else (True if p.type == "boolean" else "x")
+        return float(sum(p.bounds) / 2)
+    return p.choices[0] if p.type == "enum" else (True if p.type == "boolean" else "x")
 
 
 def device_examples(registry: Registry) -> str:
@@ -81,7 +81,7 @@ def device_messages(
     text: str,
     *,
     states: Mapping[str, str],
-    context: Mapping[str, Any] | None = None,
+    context: Mapping[str, object] | None = None,
     history: Iterable[Turn] = (),
     lead: str = "",
 ) -> list[dict[str, str]]:

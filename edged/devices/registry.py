@@ -61,8 +61,11 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+ParamType = Literal["integer", "number", "boolean", "enum", "string"]
+
+
 class Param(_Strict):
-    type: Literal["integer", "number", "boolean", "enum", "string"]
+    type: ParamType
     min: float | None = None
     max: float | None = None
     step: float = Field(0.1, ge=0.001, description="number: the precision of values (bounds are multiples of it)")
@@ -79,6 +82,18 @@ class Param(_Strict):
         if self.type == "number" and not (on_step(self.min, self.step) and on_step(self.max, self.step)):
             raise ValueError(f"number bounds must be multiples of step {self.step}")
         return self
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """``(min, max)`` of an integer or number parameter (validation makes sure both are set)."""
+        if self.min is None or self.max is None:
+            raise ValueError(f"a {self.type} parameter has no bounds")
+        return self.min, self.max
+
+    @property
+    def choices(self) -> list[str]:
+        """The values of an enum parameter (validation makes sure there are some)."""
+        return self.values or []
 
 
 def on_step(value: float | None, step: float) -> bool:
@@ -119,6 +134,8 @@ class Action(_Strict):
     def _confirm_param(self) -> Action:
         if self.confirm_if is not None and self.confirm_if.param not in self.params:
             raise ValueError(f"confirm_if names unknown parameter {self.confirm_if.param!r}")
+        if self.confirm_if is not None and self.params[self.confirm_if.param].type not in ("integer", "number"):
+            raise ValueError(f"confirm_if needs an integer or number parameter, not {self.confirm_if.param!r}")
         for name, d in self.derive.items():
             if d.param not in self.params or name in self.params:
                 raise ValueError(f"derive {name!r} must be a new name computed from a parameter of the action")
@@ -129,8 +146,8 @@ class Action(_Strict):
         return {**params, **{name: _derived(d.fn, params[d.param]) for name, d in self.derive.items()}}
 
 
-def _p(kind: str, lo: float, hi: float, unit: str | None = None) -> Param:
-    return Param(type=kind, min=lo, max=hi, unit=unit)  # type: ignore[arg-type]
+def _p(kind: ParamType, lo: float, hi: float, unit: str | None = None) -> Param:
+    return Param(type=kind, min=lo, max=hi, unit=unit)
 
 
 _ON_OFF = {"turn_on": Action(payload={"state": "ON"}), "turn_off": Action(payload={"state": "OFF"})}

@@ -129,6 +129,8 @@ def change(name: str, param: Param, slots: Slots, state: str | None) -> Change |
     if slots.direction is None:
         return None
     if current is None:
+        if slots.value() is not None:  # "turn it up by 5" needs the value now: no default
+            return None
         table = DEFAULT_UP if _up(name, slots) else DEFAULT_DOWN
         return Change(_fit(table[name], param), "default") if name in table else None
     return Change(_fit(current + _delta(name, param, slots), param), basis)

@@ -20,10 +20,10 @@ from edged.devices.lexicon import GAP, Lexicon, find_phrase, load_lexicon, phras
 from edged.devices.linking import Linking, Mention, link
 from edged.devices.proposal import Call, CommandContext, Proposal
 from edged.devices.registry import Registry
+from edged.devices.slots import Slots, extract
 from edged.devices.targets import Plan, choose_action
 
 log = structlog.get_logger("edged.rules")
-WEAK = {("on",), ("off",), ("lights", "on")}  # used only when no other verb is said ("kitchen light on")
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,14 @@ class Verb:
     first: int
     last: int
     weak: bool
+    said: frozenset[int]  # the verb's own words ("turn", "off" of "turn the light off")
+
+
+def _said(phrase: tuple[str, ...], first: int, last: int) -> frozenset[int]:
+    if GAP not in phrase:
+        return frozenset(range(first, last))
+    head, tail = phrase.index(GAP), len(phrase) - phrase.index(GAP) - 1
+    return frozenset(range(first, first + head)) | frozenset(range(last - tail, last))
 
 
 class RulesResolver:
@@ -57,30 +65,79 @@ def _resolve(registry: Registry, command: CommandContext, lex: Lexicon, linking:
         return [], "question"
     if linking.unlinked:
         return [], "unknown_name"
-    verbs = _verbs(lex, registry, seq)
+    if _unsupported(lex, seq, linking.covered()):
+        return [], "unsupported"
+    verbs = _verbs(lex, registry, seq, linking.covered())
     if len({v.actions for v in verbs}) > 1:
         return [], "several_verbs"
     verb = verbs[0] if verbs else None
     devices = tuple(m for m in linking.devices if verb is None or verb.first != 0 or not _overlap(m, verb))
-    plan = Plan.build(registry, command, lex, linking, devices)
+    actions = verb.actions if verb else _named_routine(registry, devices)
+    slots = extract(lex, linking.words, skip=linking.covered(), verb=_verb_words(verb))
+    if _modifier_unlinked(lex, linking, slots.used.union(*(v.said for v in verbs))):
+        return [], "unknown_modifier"
+    valued = bool(slots.numbers or slots.relative or slots.extreme or slots.color or slots.kelvin)
+    if verb is not None and verb.weak and not valued and _statement(lex, linking, verb, slots.used):
+        return [], "statement"  # "the kitchen light keeps turning off"
+    if _orphan_number(lex, linking, slots, verbs):
+        return [], "unknown_value"  # "turn the tv to channel 5"
+    plan = Plan.build(registry, command, lex, linking, devices, slots, actions)
     if plan.reason:
         return [], plan.reason
-    if _modifier_unlinked(lex, linking, plan.used_words | _verb_words(verb)):
-        return [], "unknown_modifier"
-    return choose_action(registry, command, plan, verb.actions if verb else ())
+    return choose_action(registry, command, plan, actions)
+
+
+def _named_routine(registry: Registry, devices: Sequence[Mention]) -> tuple[str, ...]:
+    """ "movie night please": a scene or script named alone is activated."""
+    kinds = {registry.device(m.ref).type for m in devices}
+    return ("activate",) if devices and kinds <= {"scene", "script"} else ()
 
 
 def _overlap(m: Mention, verb: Verb) -> bool:
-    return m.first < verb.last and verb.first < m.last
+    """ "heat the office": a name word that is the verb itself."""
+    return bool(set(range(m.first, m.last)) & verb.said)
 
 
 def _verb_words(verb: Verb | None) -> frozenset[int]:
-    return frozenset(range(verb.first, verb.last)) if verb else frozenset()
+    return verb.said if verb else frozenset()
+
+
+def _unsupported(lex: Lexicon, seq: Sequence[str], named: set[int]) -> bool:
+    """ "don't", "except", "or", "in ten minutes": outside linked names ("morning routine" is a name)."""
+    return any(not set(range(f, la)) & named for p in lex.unsupported for f, la in find_phrase(seq, p))
+
+
+def _orphan_number(lex: Lexicon, linking: Linking, slots: Slots, verbs: Sequence[Verb]) -> bool:
+    """A number right after a word that names nothing known ("channel 5") or right after a kind word
+    ("pump 7", when no device is called that): not a value the rules understand."""
+    known = linking.covered() | slots.used | set().union(*(v.said for v in verbs))
+    kinds = {m.last for m in linking.types}
+    for n in slots.numbers:
+        if n.first in kinds and n.unit is None:  # "pump 7": a device the home does not have
+            return True
+        i = n.first - 1
+        word = linking.words[i].text if i >= 0 else ""
+        current = {w for p in lex.current for w in p}  # "is at 40"
+        if i >= 0 and i not in known and word.isalpha() and word not in lex.fillers | lex.absolute | current:
+            return True
+    return False
+
+
+def _statement(lex: Lexicon, linking: Linking, verb: Verb, used: frozenset[int]) -> bool:
+    """A bare "on"/"off" after "is" ("the big light is on"), or among words that are no part of an order."""
+    after_is = verb.first > 0 and linking.words[verb.first - 1].text in lex.questions
+    return after_is or _loose_words(lex, linking, used | verb.said)
+
+
+def _loose_words(lex: Lexicon, linking: Linking, used: frozenset[int]) -> bool:
+    """Words that are neither names, values, the verb nor fillers."""
+    covered = linking.covered() | used
+    return any(i not in covered and w.text not in lex.fillers for i, w in enumerate(linking.words))
 
 
 def _is_question(lex: Lexicon, seq: Sequence[str]) -> bool:
     first = next((w for w in seq if w not in lex.fillers or w in lex.questions), None)
-    return first in lex.questions
+    return first in lex.questions or bool(seq and seq[-1] in lex.question_endings)
 
 
 def _phrases(lex: Lexicon, registry: Registry) -> dict[tuple[str, ...], list[str]]:
@@ -94,20 +151,28 @@ def _phrases(lex: Lexicon, registry: Registry) -> dict[tuple[str, ...], list[str
     return table
 
 
-def _verbs(lex: Lexicon, registry: Registry, seq: Sequence[str]) -> list[Verb]:
-    """The verbs said: contiguous phrases before gapped ones, longer first, without overlaps."""
+def _verbs(lex: Lexicon, registry: Registry, seq: Sequence[str], named: set[int]) -> list[Verb]:
+    """The verbs said: the most verb words first, contiguous before gapped, without overlaps.
+
+    A verb inside a linked name ("send the vacuum home") counts only when no other verb is said and it
+    opens the command ("hoover the kitchen").
+    """
     hits = [(p, f, la, acts) for p, acts in _phrases(lex, registry).items() for f, la in find_phrase(seq, p)]
-    hits.sort(key=lambda h: (GAP in h[0], -(h[2] - h[1]), h[1]))
+    outside = [h for h in hits if not set(range(h[1], h[2])) <= named]
+    start = next((i for i, w in enumerate(seq) if w not in lex.fillers), 0)
+    hits = outside or [h for h in hits if h[1] == start]  # "hoover the kitchen", not "send the hoover ..."
+    hits.sort(key=lambda h: (-(len(h[0]) - (GAP in h[0])), GAP in h[0], h[1]))  # most verb words, contiguous
     chosen: list[Verb] = []
     for phrase, first, last, actions in hits:
         same = next((v for v in chosen if (v.first, v.last) == (first, last)), None)
         if same is not None:
             merged = tuple(dict.fromkeys((*same.actions, *actions)))
-            chosen[chosen.index(same)] = Verb(merged, first, last, same.weak)
+            chosen[chosen.index(same)] = Verb(merged, first, last, same.weak, same.said)
         elif not any(v.first < last and first < v.last for v in chosen):
-            chosen.append(Verb(tuple(actions), first, last, phrase in WEAK))
+            chosen.append(Verb(tuple(actions), first, last, phrase in lex.weak_verbs, _said(phrase, first, last)))
     strong = [v for v in chosen if not v.weak]
-    return sorted(strong or chosen, key=lambda v: v.first)
+    trailing = [v for v in chosen if v.weak and v.last == len(seq)]  # "turn the light on and off": two orders
+    return sorted(strong + trailing if strong else chosen, key=lambda v: v.first)
 
 
 def _modifier_unlinked(lex: Lexicon, linking: Linking, used: frozenset[int]) -> bool:

@@ -17,7 +17,6 @@ from edged.devices.lexicon import Lexicon, Word, find_phrase
 
 Direction = Literal["up", "down"]
 Extreme = Literal["max", "min", "half"]
-_ABSOLUTE = ("to", "at", "=")  # "to 30 percent": the value, not a change
 
 
 @dataclass(frozen=True)
@@ -86,7 +85,7 @@ def _numbers(lex: Lexicon, seq: Sequence[str], skip: set[int]) -> list[Number]:
             continue
         value, end = got
         unit, end = _unit(lex, seq, end)
-        absolute = i > 0 and seq[i - 1] in _ABSOLUTE
+        absolute = i > 0 and seq[i - 1] in lex.absolute
         found.append(Number(value, unit, i, end, absolute))
         i = end
     return found
@@ -96,9 +95,18 @@ def _hits(seq: Sequence[str], table: dict[str, tuple[tuple[str, ...], ...]]) -> 
     return [(key, f, la) for key, phrases in table.items() for p in phrases for f, la in find_phrase(seq, p)]
 
 
-def _direction(lex: Lexicon, seq: Sequence[str]) -> tuple[Direction | None, str | None, set[int]]:
+def _direction(
+    lex: Lexicon, seq: Sequence[str], skip: set[int], verb: set[int]
+) -> tuple[Direction | None, str | None, set[int]]:
+    """Up or down, and about what; not from words of a name ("wake up routine") or from part of a longer verb
+    ("lock up"; a verb that is itself a direction, "dim", counts)."""
     ups, downs = _hits(seq, lex.up), _hits(seq, lex.down)
     hits = [("up", *h) for h in ups] + [("down", *h) for h in downs]
+    hits = [
+        h
+        for h in hits
+        if not set(range(h[2], h[3])) & skip and not (h[3] - h[2] < len(verb) and set(range(h[2], h[3])) <= verb)
+    ]
     if not hits:
         return None, None, set()
     specific = [h for h in hits if h[1] != "any"]
@@ -106,9 +114,9 @@ def _direction(lex: Lexicon, seq: Sequence[str]) -> tuple[Direction | None, str 
     return way, (dim if dim != "any" else None), {i for h in hits for i in range(h[2], h[3])}  # type: ignore[return-value]
 
 
-def _colour(lex: Lexicon, seq: Sequence[str]) -> tuple[str | None, int | None, set[int]]:
+def _colour(lex: Lexicon, seq: Sequence[str], verb: set[int]) -> tuple[str | None, int | None, set[int]]:
     temps = [(int(k), f, la) for k, ps in lex.color_temps.items() for p in ps for f, la in find_phrase(seq, p)]
-    temp_words = {i for _k, f, la in temps for i in range(f, la)}
+    temp_words = {i for _k, f, la in temps for i in range(f, la)} | verb
     colours = [h for h in _hits(seq, lex.colors) if not set(range(h[1], h[2])) & temp_words]
     kelvin = max(temps, key=lambda t: t[2] - t[1])[0] if temps else None
     colour = max(colours, key=lambda h: h[2] - h[1])[0] if colours else None
@@ -123,12 +131,19 @@ def _current(lex: Lexicon, seq: Sequence[str], numbers: list[Number], relative: 
     return first if said else None
 
 
-def extract(lex: Lexicon, ws: Sequence[Word], *, skip: set[int] = frozenset()) -> Slots:  # type: ignore[assignment]
-    """The values in the words of a command; ``skip`` holds word indices of linked names."""
+def extract(
+    lex: Lexicon,
+    ws: Sequence[Word],
+    *,
+    skip: frozenset[int] | set[int] = frozenset(),
+    verb: frozenset[int] | set[int] = frozenset(),
+) -> Slots:
+    """The values in the words of a command; ``skip`` holds linked names, ``verb`` the verb's words
+    ("warm up" is no colour)."""
     seq = [w.text for w in ws]
     numbers = _numbers(lex, seq, set(skip))
-    direction, dimension, dir_used = _direction(lex, seq)
-    colour, kelvin, colour_used = _colour(lex, seq)
+    direction, dimension, dir_used = _direction(lex, seq, set(skip), set(verb))
+    colour, kelvin, colour_used = _colour(lex, seq, set(verb) | set(skip))
     rel = {key: find_phrase(seq, p) for key, ps in lex.relative.items() for p in ps if find_phrase(seq, p)}
     extreme = next((k for k in ("max", "min", "half") if k in rel), None)
     factor = 0.5 if "halve" in rel else 2.0 if "double" in rel else None
@@ -142,7 +157,7 @@ def extract(lex: Lexicon, ws: Sequence[Word], *, skip: set[int] = frozenset()) -
         direction=direction if factor is None else None,
         dimension=dimension,
         small="small" in rel,
-        extreme=extreme,  # type: ignore[arg-type]
+        extreme=extreme,
         factor=factor,
         current=_current(lex, seq, numbers, direction is not None or factor is not None),
         used=frozenset(used),

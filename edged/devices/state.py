@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-from typing import Any
 
 MAX_STATE_CHARS = 60
 STATE_KEYS = (
@@ -69,6 +68,6 @@ class DeviceStates:
         with self._lock:
             return dict(self._json)
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> dict[str, str]:
         with self._lock:
             return dict(self._by_device)

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 
 from edged.devices.lexicon import Lexicon, phrase_words
 from edged.devices.linking import Linking, Mention
-from edged.devices.proposal import Call, CommandContext, ParamValue
-from edged.devices.registry import CLEAN_AREA, Action, Device, Param, Registry
-from edged.devices.relative import change, within
-from edged.devices.slots import Slots, extract
+from edged.devices.proposal import Call, CommandContext
+from edged.devices.registry import CLEAN_AREA, Action, Device, Registry
+from edged.devices.slots import Slots
+from edged.devices.values import has_value, open_close, value_for, valued_action
 
 ALL = "all"
 # When the verb's own action is missing on a device, the nearest one it has.
@@ -29,18 +29,9 @@ FALLBACK: dict[str, tuple[str, ...]] = {
     "stop": ("turn_off", "close", "pause"),
     "activate": ("turn_on", "start"),
     "clean_area": ("start",),
+    "open": ("unlock",),  # "open the front door lock"
 }
 # Units a said number may carry for a parameter's unit; a number without a unit fits any but kelvin.
-UNIT_OK = {"%": {"%", None}, "°C": {"°C", None}, "rpm": {"rpm", None}, "s": {"s", None}}
-# What relative words are about, as parameter names.
-DIMENSION = {
-    "brightness": {"brightness"},
-    "volume": {"volume"},
-    "temperature": {"setpoint", "kelvin"},
-    "speed": {"speed", "rpm"},
-    "position": {"position", "opening"},
-}
-OPENING = {"position", "opening"}  # the parameters "open ... to 30 percent" means
 EVERYWHERE_ACTIONS = {"turn_off"}  # "turn off everything": the one action "everything" may take without a kind
 
 
@@ -56,18 +47,21 @@ class Plan:
     everything: bool = False  # "everything" without a kind
     slots: Slots = field(default_factory=Slots)
     words: tuple[str, ...] = ()
+    verb: tuple[str, ...] = ()
     reason: str = ""
-
-    @property
-    def used_words(self) -> frozenset[int]:
-        return self.slots.used
 
     @classmethod
     def build(
-        cls, registry: Registry, command: CommandContext, lex: Lexicon, linking: Linking, devices: Sequence[Mention]
+        cls,
+        registry: Registry,
+        command: CommandContext,
+        lex: Lexicon,
+        linking: Linking,
+        devices: Sequence[Mention],
+        slots: Slots,
+        verb: Sequence[str],
     ) -> Plan:
-        slots = extract(lex, linking.words, skip=linking.covered())
-        base = cls(slots=slots, words=tuple(w.text for w in linking.words))
+        base = cls(slots=slots, words=tuple(w.text for w in linking.words), verb=tuple(verb))
         areas = _areas(linking)
         if linking.here is not None and not linking.here.ref:
             return base.fail("speaker_area_unknown")
@@ -76,10 +70,26 @@ class Plan:
         return base.kinds(registry, lex, linking, command, areas)
 
     def fail(self, reason: str) -> Plan:
-        return Plan(slots=self.slots, words=self.words, reason=reason)
+        return Plan(slots=self.slots, words=self.words, verb=self.verb, reason=reason)
 
     def but(self, devices: Sequence[Device], scope: str | None = None, **kw: object) -> Plan:
-        return Plan(tuple(devices), scope, slots=self.slots, words=self.words, **kw)  # type: ignore[arg-type]
+        return Plan(tuple(devices), scope, slots=self.slots, words=self.words, verb=self.verb, **kw)  # type: ignore[arg-type]
+
+    def one_of(self, lex: Lexicon, linking: Linking, pool: Sequence[Device], scope: str | None) -> Plan:
+        """A singular kind word ("the lamp") means the one device named with it, else the one the action
+        fits; a plural means all of them."""
+        said = [linking.words[m.first].text for m in linking.types if m.last - m.first == 1]
+        singular = [w for w in said if any((w + "s",) in k.words for k in lex.kinds.values())]
+        if len(pool) < 2 or not singular or len(singular) != len(said):
+            return self.but(pool, scope)
+        named = [d for d in pool if set(singular) & _name_words(d, lex)]
+        return self.but(named) if len(named) == 1 else self.but(pool, scope, single=True)
+
+    def able(self, pool: Sequence[Device]) -> list[Device]:
+        """Without a value, the devices of a kind that have the verb's own action ("unlock the door")."""
+        if not self.verb or has_value(self.slots):
+            return list(pool)
+        return [d for d in pool if set(self.verb) & set(d.all_actions())]
 
     def named(
         self, registry: Registry, lex: Lexicon, linking: Linking, devices: Sequence[Mention], areas: list[str]
@@ -90,7 +100,7 @@ class Plan:
         found = [registry.device(m.ref) for m in devices]
         group = _alias_group(registry, lex, linking, devices)
         if group is not None:
-            return self.but(group[1], group[0])
+            return self.fail("area_disagrees") if set(areas) - {group[0]} else self.but(group[1], group[0])
         if any(d.zones for d in found) and len(areas) == 1:
             return self.but(found, clean=areas[0])
         if areas and any(d.area not in areas for d in found):
@@ -100,22 +110,34 @@ class Plan:
     def kinds(
         self, registry: Registry, lex: Lexicon, linking: Linking, command: CommandContext, areas: list[str]
     ) -> Plan:
-        pool = list({d.id: d for m in linking.types for d in _of_kind(registry, lex, m.ref)}.values())
+        pool = self.able(list({d.id: d for m in linking.types for d in _of_kind(registry, lex, m.ref)}.values()))
         if not linking.types:
+            vacuums = [d for d in registry.devices if d.zones]
+            if CLEAN_AREA in self.verb and len(areas) == 1 and len(vacuums) == 1:  # "clean the kitchen"
+                return self.but(vacuums, clean=areas[0])
+            if areas and linking.everywhere is not None:  # "turn everything off in the bedroom"
+                return self.but([d for d in registry.devices if d.area in areas], areas[0], everything=True)
             if areas:
                 return self.but([d for d in registry.devices if d.area in areas], areas[0], single=True)
             if linking.everywhere is not None:
                 return self.but(registry.devices, ALL, everything=True)
+            if command.area:  # "brighter please": the one device in the speaker's area it fits
+                return self.but([d for d in registry.devices if d.area == command.area], command.area, single=True)
             return self.fail("no_target")
         if any(d.zones for d in pool) and len(areas) == 1:
             vacuums = [d for d in pool if d.zones]
             return self.but(vacuums, clean=areas[0]) if len(vacuums) == 1 else self.fail("ambiguous_kind")
         if areas:
-            return self.but([d for d in pool if d.area in areas], areas[0] if len(areas) == 1 else None)
+            return self.one_of(
+                lex, linking, [d for d in pool if d.area in areas], areas[0] if len(areas) == 1 else None
+            )
         if linking.everywhere is not None:
             return self.but(pool, ALL)
         if command.area and any(d.area == command.area for d in pool):
-            return self.but([d for d in pool if d.area == command.area], command.area)
+            return self.one_of(lex, linking, [d for d in pool if d.area == command.area], command.area)
+        if len(pool) > 1:  # "the extractor": the one device whose name has the kind word said
+            said = {linking.words[m.first].text for m in linking.types if m.last - m.first == 1}
+            pool = [d for d in pool if said & _name_words(d, lex)] or pool
         return self.but(pool) if len(pool) == 1 else self.fail("ambiguous_kind")
 
 
@@ -124,6 +146,10 @@ def _areas(linking: Linking) -> list[str]:
     if linking.here is not None and linking.here.ref:
         found.append(linking.here.ref)
     return list(dict.fromkeys(found))
+
+
+def _name_words(d: Device, lex: Lexicon) -> set[str]:
+    return {w for n in (d.name, *d.aliases) for w in phrase_words(n, lex.language)}
 
 
 def _of_kind(registry: Registry, lex: Lexicon, kind_name: str) -> list[Device]:
@@ -161,99 +187,30 @@ def _alias_group(
     return (area.id, members) if len(members) > 1 else None
 
 
-def _actions_for(device: Device, verb: Sequence[str]) -> list[str]:
-    have = device.all_actions()
+def _actions_for(device: Device, verb: Sequence[str], *, fallback: bool = True) -> list[str]:
+    have = {name for name, a in device.all_actions().items() if not a.params}
     for name in verb:
         if name in have:
             return [name]
-    for name in verb:
+    for name in verb if fallback else ():
         for other in FALLBACK.get(name, ()):
             if other in have:
                 return [other]
     return []
 
 
-def _fits(pname: str, param: Param, slots: Slots) -> bool:
-    if slots.color is not None:
-        return param.type == "enum" and slots.color in (param.values or [])
-    if param.type not in ("integer", "number"):
-        return False
-    if slots.kelvin is not None:
-        return param.unit == "K"
-    if param.unit == "K" and slots.dimension != "temperature":
-        return False
-    said = slots.value()
-    if said is not None and said.unit is not None and said.unit not in UNIT_OK.get(param.unit or "", {None}):
-        return False
-    return slots.dimension is None or pname in DIMENSION.get(slots.dimension, {pname})
-
-
-def _valued(device: Device, slots: Slots, words: Sequence[str], verb: Sequence[str]) -> tuple[str, str, Param] | None:
-    """The one action of ``device`` with a single parameter that the said value fits."""
-    options = [
-        (name, pname, p)
-        for name, a in device.all_actions().items()
-        if len(a.params) == 1 and name != CLEAN_AREA
-        for pname, p in a.params.items()
-        if _fits(pname, p, slots)
-    ]
-    for narrow in (
-        lambda o: o[0] in verb,
-        lambda o: o[1] in words,
-        lambda o: o[0] in device.actions,
-        lambda o: o[1] in OPENING and bool({"open", "close"} & set(verb)),
-    ):
-        if len(options) > 1 and any(narrow(o) for o in options):
-            options = [o for o in options if narrow(o)]
-    return options[0] if len(options) == 1 else None
-
-
-def _value(pname: str, param: Param, slots: Slots, state: str | None) -> ParamValue | None:
-    if slots.color is not None:
-        return slots.color
-    if slots.kelvin is not None:
-        return slots.kelvin if within(slots.kelvin, param) else None
-    said = slots.value()
-    if slots.relative or slots.extreme is not None:
-        if said is not None and said.absolute and slots.factor is None:
-            return _absolute(said.value, param)
-        found = change(pname, param, slots, state)
-        return None if found is None else _typed(found.value, param)
-    return None if said is None else _absolute(said.value, param)
-
-
-def _absolute(value: float, param: Param) -> ParamValue | None:
-    return _typed(value, param) if within(value, param) else None
-
-
-def _typed(value: float, param: Param) -> ParamValue:
-    return int(value) if param.type == "integer" or value == int(value) else value
-
-
-def _has_value(slots: Slots) -> bool:
-    return bool(slots.numbers or slots.color or slots.kelvin or slots.relative or slots.extreme)
-
-
-def _open_close(device: Device, slots: Slots) -> str | None:
-    """ "raise the blinds", "lower the shades": open or close when no amount is said."""
-    if slots.direction is None or slots.numbers or slots.small or slots.extreme:
-        return None
-    name = "open" if slots.direction == "up" else "close"
-    return name if name in device.all_actions() else None
-
-
 def _call(device: Device, command: CommandContext, plan: Plan, verb: Sequence[str]) -> Call | None:
     slots = plan.slots
-    if _has_value(slots):
-        plain = _open_close(device, slots)
+    if has_value(slots):
+        plain = open_close(device, slots)
         if plain is not None:
             return Call(action=plain, device=device.id)
-        picked = _valued(device, slots, plan.words, verb)
+        picked = valued_action(device, slots, plan.words, verb)
         if picked is None:
             return None
-        value = _value(picked[1], picked[2], slots, command.states.get(device.id))
+        value = value_for(picked[1], picked[2], slots, command.states.get(device.id))
         return None if value is None else Call(action=picked[0], params={picked[1]: value}, device=device.id)
-    names = [n for n in _actions_for(device, verb) if not device.all_actions()[n].params]
+    names = _actions_for(device, verb, fallback=plan.one_by_one)  # no "open" for "turn it on" in a room
     return Call(action=names[0], device=device.id) if names else None
 
 
@@ -261,7 +218,7 @@ def choose_action(
     registry: Registry, command: CommandContext, plan: Plan, verb: Sequence[str]
 ) -> tuple[list[Call], str]:
     """The calls for a plan, or no calls and the reason."""
-    if not verb and not _has_value(plan.slots):
+    if not verb and not has_value(plan.slots):
         return [], "no_verb"
     if plan.clean is not None:
         ok = all(plan.clean in (d.zones or []) for d in plan.devices) and (
@@ -269,17 +226,19 @@ def choose_action(
         )
         calls = [Call(action=CLEAN_AREA, params={"area": plan.clean}, device=d.id) for d in plan.devices]
         return (calls, "") if ok and calls else ([], "cannot_clean_there")
-    if plan.everything and not set(verb) & EVERYWHERE_ACTIONS:
-        return [], "everything_only_off"
-    calls = [_call(d, command, plan, verb) for d in plan.devices]
-    if plan.one_by_one and any(c is None for c in calls):
+    if plan.everything:
+        verb = [a for a in verb if a in EVERYWHERE_ACTIONS]  # "turn off everything" stops no pump
+        if not verb:
+            return [], "everything_only_off"
+    maybe = [_call(d, command, plan, verb) for d in plan.devices]
+    if plan.one_by_one and any(c is None for c in maybe):
         return [], "action_not_available"
-    found = [c for c in calls if c is not None]
+    found = [c for c in maybe if c is not None]
     if plan.single and len(found) != 1:
         return [], "area_ambiguous" if found else "action_not_available"
     if not found:
         return [], "action_not_available"
-    return group_calls(registry, found, plan.scope), ""
+    return group_calls(registry, found, None if plan.single else plan.scope), ""
 
 
 def group_calls(registry: Registry, calls: Sequence[Call], scope: str | None) -> list[Call]:

@@ -9,7 +9,7 @@ invisible word joiner before tokenising, so it stays ordinary text.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 WORD_JOINER = "\u2060"
@@ -31,7 +31,7 @@ class ControlTokens:
             return text
         return self._pattern.sub(lambda m: m.group(0)[0] + WORD_JOINER + m.group(0)[1:], text)
 
-    def messages(self, messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    def messages(self, messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         return [
             {**m, "content": self.defang(m["content"])} if isinstance(m.get("content"), str) else dict(m)
             for m in messages

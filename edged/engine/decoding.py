@@ -17,6 +17,8 @@ from typing import Any
 import mlx.core as mx
 
 from edged.engine.grammar import JsonConstraint
+from edged.engine.types import GenerationRequest
+from edged.protocol import Priority
 
 Sampler = Callable[[mx.array], mx.array]
 Processor = Callable[[mx.array, mx.array], mx.array]
@@ -32,11 +34,12 @@ class Sequence:
     sampler: Sampler
     processors: list[Processor]
     eos: frozenset[int]
-    priority: str = "normal"
+    priority: Priority = "normal"
     constraint: JsonConstraint | None = None
     static_prefix: int = 0  # leading prompt tokens worth keeping in the prefix cache
     keep: bool = False  # keep the finished sequence's cache (a session's next turn starts after it)
     should_stop: Callable[[], bool] = lambda: False
+    expired: Callable[[], bool] = lambda: False  # checked once, before its prefill begins
     # state
     cache: list[Any] | None = None  # per-layer KV cache while not in a batch
     fed: list[int] = field(default_factory=list)  # tokens whose KV is in the cache
@@ -50,9 +53,13 @@ class Sequence:
     finish: str | None = None  # stop | length | stopped
     error: BaseException | None = None
     submitted_at: float = field(default_factory=time.perf_counter)
+    started_at: float | None = None  # its prefill began
     first_token_at: float | None = None
     ended_at: float | None = None
     done: threading.Event = field(default_factory=threading.Event)
+    request: GenerationRequest | None = None  # what the service asked for
+    withdrawn: bool = False  # taken back before it started: it never ends
+    on_end: Callable[[Sequence], None] | None = None  # called once on the engine thread when it ends (or fails)
 
     @property
     def decoding(self) -> bool:
@@ -62,6 +69,7 @@ class Sequence:
     def begin(self, cache: list[Any], cached: int) -> None:
         """Start after ``cached`` prompt tokens whose KV ``cache`` holds; a schema's opening is forced."""
         self.cache, self.cached_tokens = cache, cached
+        self.started_at = time.perf_counter()
         self.fed = self.prompt[:cached]
         self.pending = self.prompt[cached:]
         if self.constraint is not None:
@@ -120,3 +128,5 @@ class Sequence:
     def end(self) -> None:
         self.ended_at = time.perf_counter()
         self.done.set()
+        if self.on_end is not None:
+            self.on_end(self)

@@ -74,7 +74,8 @@ def _flags(size: int, values: Any) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Closers:
-    """Which tokens end a string (``"``, ``"}``...) or lists and objects (``]``, ``}``); ``decode`` gives token bytes."""
+    """Which tokens end a string (``"``, ``"}``...) or lists and objects (``]``, ``}``); ``decode`` gives
+    token bytes."""
 
     decode: Callable[[list[int]], bytes]
     string: np.ndarray

@@ -11,7 +11,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import mlx.core as mx
@@ -30,6 +29,15 @@ from edged.engine.grammar import Grammars
 from edged.engine.prefix_cache import PrefixCache
 from edged.engine.scheduler import Scheduler
 from edged.engine.thinking import ThinkTokens, split_thinking
+from edged.engine.types import (
+    ChatMessage,
+    ClosedBy,
+    Done,
+    FinishReason,
+    Generation,
+    GenerationRequest,
+    JsonSchema,
+)
 from edged.models.files import (
     ModelFacts,
     ModelInvalid,
@@ -38,32 +46,11 @@ from edged.models.files import (
     resolve_model_path,
     total_memory_bytes,
 )
-from edged.protocol import Mode
+from edged.protocol import Mode, Priority
 from edged.settings import ModelSettings, SamplingSettings
 
 log = structlog.get_logger("edged.engine")
 MIN_PREFIX = 32  # shorter system prompts are not worth caching
-
-
-@dataclass(frozen=True)
-class Generation:
-    """One finished generation, with the numbers a result reports."""
-
-    answer: str
-    reasoning: str | None
-    prompt_tokens: int
-    completion_tokens: int
-    reasoning_tokens: int
-    prefill_ms: float
-    decode_ms: float
-    finish_reason: str  # stop | length | stopped
-    thinking_closed_by: str | None = None  # "model" (it wrote </think>), "budget" (edged forced it); None: never closed
-    mask_ms: float = 0.0  # time spent computing grammar masks
-    cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
-    forced_tokens: int = 0  # of completion_tokens, those the grammar forced (appended without sampling)
-    steps: int = 0  # model steps that advanced this generation (prefill chunks and decode steps)
-    step_span: tuple[int, int, int] = (0, 0, 0)  # the scheduler's step count when queued, first advanced, finished
-    tokens: tuple[int, ...] = ()  # the generated token ids
 
 
 def yarn_overrides(settings: ModelSettings, native_context: int) -> dict[str, Any]:
@@ -105,8 +92,9 @@ class ThinkBudget:
 
 
 class MlxEngine:
-    """Owns one loaded model. ``generate`` may be called from several threads at once: the
-    scheduler thread runs them all (by priority, decoding concurrent ones as a batch)."""
+    """Owns one loaded model; implements :class:`edged.engine.types.Engine`. ``submit`` (and the blocking
+    ``generate``) may be called from several threads at once: the scheduler thread runs them all (by
+    priority, decoding concurrent ones as a batch)."""
 
     def __init__(self, settings: ModelSettings):
         self.name = settings.display_name()
@@ -127,7 +115,7 @@ class MlxEngine:
             dtype_reason=dtype_reason,
             long_context=bool(overrides),
         )
-        self.model, self.tokenizer = mlx_load(str(self.path), model_config=overrides or None)
+        self.model, self.tokenizer = mlx_load(str(self.path), model_config=overrides or None)  # type: ignore[misc]
         self._control = ControlTokens.of(self.tokenizer)
         if not self.tokenizer.has_chat_template:
             raise ModelInvalid(f"{self.path}: the tokenizer has no chat template; edged needs one to build prompts")
@@ -191,7 +179,7 @@ class MlxEngine:
         for _ in stream_generate(self.model, self.tokenizer, prompt, max_tokens=1):
             pass
 
-    def render(self, messages: Sequence[dict[str, str]], mode: Mode) -> list[int]:
+    def render(self, messages: Sequence[ChatMessage], mode: Mode) -> list[int]:
         """The prompt token ids for ``messages``, ending in the assistant's generation prompt."""
         return list(
             self.tokenizer.apply_chat_template(
@@ -202,7 +190,7 @@ class MlxEngine:
             )
         )
 
-    def _static_prefix(self, messages: Sequence[dict[str, str]], prompt: list[int]) -> int:
+    def _static_prefix(self, messages: Sequence[ChatMessage], prompt: list[int]) -> int:
         """How many leading prompt tokens are the system message alone (0 if not a clean prefix)."""
         if not messages or messages[0].get("role") != "system":
             return 0
@@ -230,47 +218,90 @@ class MlxEngine:
 
     def generate(
         self,
-        messages: Sequence[dict[str, str]],
+        messages: Sequence[ChatMessage],
         mode: Mode,
         sampling: SamplingSettings,
         *,
         should_stop: Callable[[], bool] = lambda: False,
-        schema: dict[str, Any] | None = None,
-        priority: str = "normal",
+        schema: JsonSchema | None = None,
+        priority: Priority = "normal",
         keep: bool = False,
         jump_forward: bool | None = None,
     ) -> Generation:
-        """Generate an answer; with ``schema`` the answer (after any thinking) is constrained to it.
+        """Generate an answer and wait for it (benchmarks, tests); the service uses :meth:`submit`."""
+        request = GenerationRequest(messages, mode, sampling, schema, priority, keep, should_stop)
+        finished: list[Generation | Exception] = []
+        seq = self._sequence(request, jump_forward, finished.append)
+        self.scheduler.run(seq)
+        if isinstance(finished[0], Exception):
+            raise finished[0]
+        return finished[0]
 
-        Blocks until the scheduler has finished it. ``priority`` is ``high``, ``normal`` or ``low``;
-        ``keep`` keeps the finished sequence's KV cache for the session's next turn.
-        """
-        prompt = self.render(messages, mode)
+    def submit(self, request: GenerationRequest, on_done: Done, *, jump_forward: bool | None = None) -> None:
+        """Queue ``request`` with the scheduler and return; ``on_done`` runs on the engine thread."""
+        try:
+            self.scheduler.submit(self._sequence(request, jump_forward, on_done))
+        except Exception as exc:  # it never reached the scheduler: a prompt too long, a closed engine
+            on_done(exc)
+
+    def queued(self) -> int:
+        """Requests submitted whose prefill has not begun."""
+        return self.scheduler.queued()
+
+    def withdraw(self) -> list[GenerationRequest]:
+        """Take back the requests whose prefill has not begun (shutting down); their ``on_done`` never runs."""
+        return [seq.request for seq in self.scheduler.withdraw() if seq.request is not None]
+
+    def _sequence(self, request: GenerationRequest, jump_forward: bool | None, on_done: Done) -> GenSequence:
+        prompt = self.render(request.messages, request.mode)
         if len(prompt) >= self.context_limit:
             raise ContextOverflow(len(prompt), self.context_limit)
         constraint = None
-        if schema is not None:
-            start_after = self.think.end if mode == "think" and self.supports_thinking else None
+        if request.schema is not None:
+            start_after = self.think.end if request.mode == "think" and self.supports_thinking else None
             jump = self.jump_forward if jump_forward is None else jump_forward
-            constraint = self.grammars().constraint(schema, start_after=start_after, jump=jump)
-        seq = GenSequence(
+            constraint = self.grammars().constraint(dict(request.schema), start_after=start_after, jump=jump)
+        sampling = request.sampling
+        return GenSequence(
             prompt=prompt,
             max_tokens=min(sampling.max_tokens, self.context_limit - len(prompt)),
             sampler=_sampler(sampling),
-            processors=self._processors(sampling, mode),
+            processors=self._processors(sampling, request.mode),
             eos=frozenset(self.tokenizer.eos_token_ids),
-            priority=priority,
+            priority=request.priority,
             constraint=constraint,
-            static_prefix=self._static_prefix(messages, prompt) if self._prefixes is not None else 0,
-            keep=keep,
-            should_stop=should_stop,
+            static_prefix=self._static_prefix(request.messages, prompt) if self._prefixes is not None else 0,
+            keep=request.keep,
+            should_stop=request.should_stop,
+            expired=request.expired,
+            request=request,
+            on_end=lambda seq: self._ended(request, seq, on_done),
         )
-        self.scheduler.run(seq)
+
+    def _ended(self, request: GenerationRequest, seq: GenSequence, on_done: Done) -> None:
+        """On the engine thread: the record of a finished sequence (or its error) to ``on_done``."""
+        outcome: Generation | Exception
+        try:
+            error = seq.error
+            if error is not None:
+                outcome = error if isinstance(error, Exception) else RuntimeError(repr(error))
+            else:
+                outcome = self._generation(request, seq)
+        except Exception as exc:
+            log.exception("generation_record_failed")
+            outcome = exc
+        try:
+            on_done(outcome)
+        except Exception:
+            log.exception("generation_callback_failed")
+
+    def _generation(self, request: GenerationRequest, seq: GenSequence) -> Generation:
         ended = seq.ended_at or time.perf_counter()
         first_at = seq.first_token_at or ended
+        started_at = seq.started_at or seq.submitted_at
         tokens = seq.generated
-        split = split_thinking(tokens, self.think, thinking=mode == "think")
-        budget = sampling.thinking_budget
+        split = split_thinking(tokens, self.think, thinking=request.mode == "think")
+        constraint = seq.constraint
         return Generation(
             answer=self.tokenizer.decode(split.answer, skip_special_tokens=True).strip(),
             reasoning=(
@@ -278,14 +309,15 @@ class MlxEngine:
                 if split.reasoning is not None
                 else None
             ),
-            prompt_tokens=len(prompt),
+            prompt_tokens=len(seq.prompt),
             cached_tokens=seq.cached_tokens,
             completion_tokens=len(tokens),
             reasoning_tokens=len(split.reasoning or ()),
-            prefill_ms=(first_at - seq.submitted_at) * 1000,
+            queue_ms=(started_at - seq.submitted_at) * 1000,
+            prefill_ms=(first_at - started_at) * 1000,
             decode_ms=(ended - first_at) * 1000,
-            finish_reason=seq.finish or "length",
-            thinking_closed_by=_closed_by(split.end_index, budget),
+            finish_reason=_finish_reason(seq.finish),
+            thinking_closed_by=_closed_by(split.end_index, request.sampling.thinking_budget),
             mask_ms=constraint.mask_seconds * 1000 if constraint else 0.0,
             forced_tokens=seq.forced,
             steps=seq.steps,
@@ -311,7 +343,11 @@ class MlxEngine:
         return processors
 
 
-def _closed_by(end_index: int | None, budget: int | None) -> str | None:
+def _finish_reason(finish: str | None) -> FinishReason:
+    return "stop" if finish == "stop" else "stopped" if finish == "stopped" else "length"
+
+
+def _closed_by(end_index: int | None, budget: int | None) -> ClosedBy | None:
     if end_index is None:
         return None
     return "budget" if end_index == budget else "model"

@@ -32,9 +32,9 @@ from edged.engine.batch_cache import RaggedKVCache
 from edged.engine.decoding import Sequence
 from edged.engine.forward import Forward
 from edged.engine.prefix_cache import PrefixCache
+from edged.protocol import PRIORITIES, Priority  # most urgent first
 
 log = structlog.get_logger("edged.scheduler")
-PRIORITIES = ("high", "normal", "low")  # most urgent first
 # Tokens one batched decode step feeds at most (a lone sequence feeds its whole forced chunk): in a
 # batch, every row is padded to the longest, so long forced chunks are fed a few tokens per step.
 BATCH_STEP_TOKENS = 32
@@ -77,6 +77,7 @@ class Scheduler:
         self.prefill_chunk = prefill_chunk
         self._cond = threading.Condition()
         self._incoming: list[Sequence] = []
+        self._unstarted: list[Sequence] = []  # accepted, prefill not begun: the ones ``withdraw`` can take back
         self._classes = {p: _Class() for p in PRIORITIES}
         self._closed = False
         self.steps = 0  # steps taken since start
@@ -84,15 +85,20 @@ class Scheduler:
         self._thread = threading.Thread(target=self._run, name="edged-engine", daemon=True)
         self._thread.start()
 
-    def run(self, seq: Sequence) -> Sequence:
-        """Generate ``seq`` to its end (blocking the calling thread); raises what generation raised."""
+    def submit(self, seq: Sequence) -> None:
+        """Queue ``seq`` and return; it ends (``seq.done``, ``seq.on_end``) on the engine thread."""
         if seq.priority not in self._classes:
             raise ValueError(f"unknown priority {seq.priority!r}")
         with self._cond:
             if self._closed:
                 raise RuntimeError("the engine is closed")
             self._incoming.append(seq)
+            self._unstarted.append(seq)
             self._cond.notify()
+
+    def run(self, seq: Sequence) -> Sequence:
+        """Generate ``seq`` to its end (blocking the calling thread); raises what generation raised."""
+        self.submit(seq)
         seq.done.wait()
         if seq.error is not None:
             raise seq.error
@@ -113,26 +119,62 @@ class Scheduler:
         with self._cond:
             return len(self._incoming) + sum(len(c.waiting) + len(c.batch) for c in self._classes.values())
 
+    def queued(self) -> int:
+        """Sequences accepted whose prefill has not begun."""
+        with self._cond:
+            return len(self._unstarted)
+
+    def withdraw(self) -> list[Sequence]:
+        """Take back every sequence whose prefill has not begun, oldest first; they never end (shutting down)."""
+        with self._cond:
+            taken, self._unstarted = self._unstarted, []
+            for seq in taken:
+                seq.withdrawn = True
+            self._cond.notify()
+        return taken
+
     # -- the loop ---------------------------------------------------------------------------
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._incoming and not self._closed and self._pick(dry=True) is None:
+                self._take_incoming()
+                while not self._closed and self._pick(dry=True) is None:
                     self._cond.wait()
+                    self._take_incoming()
                 if self._closed:
                     break
-                for seq in self._incoming:
-                    seq.step_span = (self.steps, 0, 0)
-                    self._classes[seq.priority].waiting.append(seq)
-                self._incoming = []
                 priority = self._pick()
+                prefill = priority is not None and self._prefills(self._classes[priority])
+                if prefill and priority is not None:
+                    self._start(self._classes[priority].waiting[0])
             if priority is not None:
-                self._step(self._classes[priority])
+                self._step(self._classes[priority], prefill)
+        with self._cond:
+            self._take_incoming()
         for c in self._classes.values():  # closed: nothing more will run
             for seq in [*c.waiting, *c.batch]:
-                seq.fail(RuntimeError("the engine was closed"))
+                if not seq.withdrawn:
+                    seq.fail(RuntimeError("the engine was closed"))
 
-    def _pick(self, *, dry: bool = False) -> str | None:
+    def _take_incoming(self) -> None:
+        """Queue what was submitted, drop what was withdrawn (call with the lock held)."""
+        for seq in self._incoming:
+            seq.step_span = (self.steps, 0, 0)
+            self._classes[seq.priority].waiting.append(seq)
+        self._incoming = []
+        for c in self._classes.values():
+            if any(seq.withdrawn for seq in c.waiting):
+                c.waiting = deque(seq for seq in c.waiting if not seq.withdrawn)
+
+    def _start(self, seq: Sequence) -> None:
+        """``seq``'s prefill begins: it is no longer queued, nor can it be withdrawn (call with the lock held)."""
+        self._unstarted = [other for other in self._unstarted if other is not seq]  # by identity
+
+    def _prefills(self, c: _Class) -> bool:
+        """Whether the class's next step is a prefill (else a decode step of its batch)."""
+        return bool(c.waiting) and len(c.batch) < self.max_batch and (not c.batch or c.decoded_last)
+
+    def _pick(self, *, dry: bool = False) -> Priority | None:
         """The class to serve next: the most urgent runnable one, unless a lower one has waited its share."""
         runnable = [p for p in PRIORITIES if self._classes[p].runnable(self.max_batch)]
         if not runnable or dry:
@@ -144,9 +186,8 @@ class Scheduler:
             c.waited = c.waited + 1 if p in runnable and p != choice else 0
         return choice
 
-    def _step(self, c: _Class) -> None:
+    def _step(self, c: _Class, prefill: bool) -> None:
         self.steps += 1
-        prefill = bool(c.waiting) and len(c.batch) < self.max_batch and (not c.batch or c.decoded_last)
         if prefill:
             seq = c.waiting[0]
             try:
@@ -168,6 +209,11 @@ class Scheduler:
 
     # -- prefill: one sequence, its own cache ---------------------------------------------
     def _prefill(self, c: _Class, seq: Sequence) -> None:
+        if seq.cache is None and seq.expired():  # not worth starting any more: ends with no tokens
+            seq.finish = "stopped"
+            c.waiting.popleft()
+            self._finish(seq)
+            return
         if seq.cache is None:  # its first step: take the longest cached start of the prompt
             seq.step_span = (seq.step_span[0], self.steps, 0)
             cache, cached = self._prefixes.take(seq.prompt) if self._prefixes is not None else (None, 0)
@@ -192,7 +238,7 @@ class Scheduler:
         token = seq.sample(logits)
         mx.eval(token)
         seq.steps += 1
-        seq.accept(int(token.item()))
+        seq.accept(_token_id(token))
         c.waiting.popleft()
         if seq.finish is not None:
             self._finish(seq)
@@ -243,7 +289,7 @@ class Scheduler:
         for seq, token in zip(c.batch, tokens):
             seq.steps += 1
             if token is not None:
-                _guarded(seq, lambda: seq.accept(int(token.item())))  # noqa: B023 (called at once)
+                _guarded(seq, lambda: seq.accept(_token_id(token)))  # noqa: B023 (called at once)
         done = [i for i, seq in enumerate(c.batch) if seq.finish is not None]
         if done:
             self._leave(c, done)
@@ -270,6 +316,12 @@ class Scheduler:
         seq.cache = None
         seq.step_span = (*seq.step_span[:2], self.steps)
         seq.end()
+
+
+def _token_id(token: mx.array) -> int:
+    value = token.item()
+    assert isinstance(value, int), value
+    return value
 
 
 def _guarded(seq: Sequence, work: Callable[[], Any]) -> Any:

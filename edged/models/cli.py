@@ -12,7 +12,7 @@ EXIT_FAILED = 1
 EXIT_UNSUPPORTED = 2
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     model = sub.add_parser("model", help="get, import and inspect models")
     msub = model.add_subparsers(dest="model_command", required=True)
     build = msub.add_parser("build-test", help="build the tiny random-weight Qwen3 test model (offline)")

@@ -7,11 +7,14 @@ the two never disagree. Latencies are converted to seconds, Prometheus' unit.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from edged.ops.health import State
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
 
 log = structlog.get_logger("edged.metrics")
 STATES: tuple[State, ...] = ("starting", "online", "degraded", "stopping", "offline")
@@ -21,7 +24,7 @@ class MetricsUnavailable(Exception):
     """Metrics were asked for but cannot be served (package missing, port taken)."""
 
 
-def families(doc: dict[str, Any], info: dict[str, str]) -> Iterator[Any]:
+def families(doc: dict[str, Any], info: dict[str, str]) -> Iterator[Metric]:
     """Prometheus metric families for one stats document."""
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 
@@ -63,9 +66,9 @@ def families(doc: dict[str, Any], info: dict[str, str]) -> Iterator[Any]:
         ("edged_prompt_cache_bytes", "bytes held by the engine's prompt cache", doc["cache_bytes"]),
         ("edged_resident_memory_bytes", "resident memory (peak on macOS)", doc["rss_bytes"]),
     ]
-    for name, help_text, value in gauges:
+    for metric, help_text, value in gauges:
         if value is not None:
-            yield GaugeMetricFamily(name, help_text, value=value)
+            yield GaugeMetricFamily(metric, help_text, value=value)
     yield CounterMetricFamily("edged_mqtt_reconnects", "reconnections to the broker", value=doc["reconnects"])
 
 
@@ -74,7 +77,7 @@ class _Collector:
         self._document = document
         self._info = info
 
-    def collect(self) -> Iterator[Any]:
+    def collect(self) -> Iterator[Metric]:
         return families(self._document(), self._info())
 
 
@@ -91,7 +94,7 @@ class MetricsServer:
                 "metrics.prometheus_port is set but prometheus-client is missing: pip install 'edged[metrics]'"
             ) from None
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(_Collector(document, info))  # type: ignore[arg-type]
+        registry.register(_Collector(document, info))
         try:
             self._server, _thread = start_http_server(port, addr=host, registry=registry)
         except OSError as exc:

@@ -21,11 +21,13 @@ from edged.protocol import (
     PRIORITIES,
     AdminRequest,
     ErrorCode,
+    Kind,
     Limits,
     Priority,
     Request,
     RequestError,
     Result,
+    is_priority,
     parse_admin,
     parse_cancel,
     parse_confirm,
@@ -39,7 +41,7 @@ from edged.settings import RateLimitSettings, Settings
 
 log = structlog.get_logger("edged.intake")
 
-REQUEST_TOPICS = {"command": "command", "query": "query"}
+REQUEST_TOPICS: dict[str, Kind] = {"command": "command", "query": "query"}
 EVERY_INSTANCE = (
     "confirm",
     "cancel",
@@ -53,14 +55,14 @@ def request_priority(kind: str, asked: str | None, request: Request) -> Priority
     """The scheduling class: as asked (payload field or MQTT 5 user property), else by kind."""
     if asked is None:
         return DEFAULT_PRIORITY.get(kind, "normal")
-    if asked not in PRIORITIES:
+    if not is_priority(asked):
         raise RequestError(
             ErrorCode.BAD_TYPE,
             f"priority: must be one of {', '.join(PRIORITIES)}",
             id=request.id,
             reply_to=request.reply_to,
         )
-    return asked  # type: ignore[return-value]
+    return asked
 
 
 @dataclass(frozen=True)
@@ -186,7 +188,7 @@ class Intake:
             return self._refuse(msg, exc, kind)
         assert request.id is not None
         return Job(
-            kind=kind,  # type: ignore[arg-type]
+            kind=kind,
             request=request,
             received_at=msg.received_at,
             deadline=self._deadline(msg, request.deadline_ms or settings.requests.default_deadline_ms),
@@ -270,9 +272,9 @@ class Intake:
         assert request.id is not None
         return Admin(action, request, self.reply_topic(msg, request.id, request.reply_to), msg)
 
-    def _refuse(self, msg: Inbound, exc: RequestError, kind: str | None) -> Reply:
+    def _refuse(self, msg: Inbound, exc: RequestError, kind: Kind | None) -> Reply:
         request_id = exc.id or "unknown"
-        result = error_result(request_id, exc.code, exc.message, kind=kind)  # type: ignore[arg-type]
+        result = error_result(request_id, exc.code, exc.message, kind=kind)
         return Reply(self.reply_topic(msg, request_id, exc.reply_to), result)
 
     @staticmethod

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import structlog
 from pydantic import ValidationError
@@ -133,7 +132,7 @@ def _keep_restart_only(old: Settings, new: Settings) -> Settings:
     return Settings.model_validate(data)
 
 
-def _diff(a: Any, b: Any, prefix: str) -> Iterator[str]:
+def _diff(a: object, b: object, prefix: str) -> Iterator[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         for key in a.keys() | b.keys():
             yield from _diff(a.get(key, _MISSING), b.get(key, _MISSING), f"{prefix}.{key}" if prefix else str(key))

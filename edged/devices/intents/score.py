@@ -47,7 +47,7 @@ def expand(registry: Registry, proposal: Proposal) -> frozenset[ActionKey]:
 
 
 def score_case(resolver: IntentResolver, registry: Registry, row: dict[str, object], language: str) -> Scored:
-    expect = frozenset(_key(a["device"], a["action"], a.get("params", {})) for a in row["expect"])  # type: ignore[attr-defined, index]
+    expect = frozenset(_key(a["device"], a["action"], a.get("params", {})) for a in row["expect"])  # type: ignore[attr-defined]
     command = CommandContext(text=str(row["text"]), language=language, area=row.get("area"))  # type: ignore[arg-type]
     start = time.perf_counter()
     proposal = resolver.resolve(registry, command)
