@@ -252,7 +252,9 @@ def test_injected_text_reaches_only_registry_devices(home, text):
     assert ("zigbee2mqtt/front_door/set", b'{"state":"UNLOCK"}') not in _sent(client)
 
 
-@pytest.mark.parametrize("text", ["turn on the sauna", "set a timer for 5 minutes", "what's the weather"])
+@pytest.mark.parametrize(
+    "text", ["turn on the sauna", "set a timer for 5 minutes", "what's the weather", "why is the kitchen light on?"]
+)
 def test_what_the_home_cannot_do_is_refused(home, text):
     """Nothing in the words names a device or area here: not_understood, without asking the model."""
     daemon, client = home
@@ -323,3 +325,12 @@ def test_a_model_answer_picking_one_of_several_fitting_devices_without_a_room_is
     here = control.context(registry, "pause the music", language=None, area="living room")
     sure = control.outcome(registry, "r2", answer, dispatch=False, command=here)
     assert sure.status == "ok" and sure.result["resolved_by"] == "model"
+
+
+def test_a_model_answer_turning_a_device_both_ways_is_refused(tmp_path):
+    """'order more coffee beans' answered with the coffee machine on and off: nothing is done."""
+    control = _control(tmp_path, [])
+    registry = control.store.get()
+    both = [{"device": "coffee_machine", "action": a, "params": {}} for a in ("turn_off", "turn_on")]
+    hedge = control.outcome(registry, "r1", json.dumps({"actions": both, "say": ""}), dispatch=False)
+    assert (hedge.status, hedge.code) == ("rejected", "not_understood")

@@ -216,6 +216,8 @@ class DeviceControl:
             return DeviceResult(
                 "rejected", {"actions": [], "text": answer, "resolved_by": resolved_by}, "invalid_answer", str(exc)
             )
+        if actions and resolved_by == "model" and _opposed(actions):
+            actions, say = [], "The answer turned a device both ways; nothing was done."
         if actions and command is not None and self._ambiguous(registry, command, actions):
             actions, say = [], "Several devices match; say which one, or the room."
         if not actions:
@@ -330,3 +332,14 @@ def spoken_summary(registry: Registry, actions: list[dict[str, Any]]) -> str:
         )
     text = "; ".join(f"{what.capitalize()}: {', '.join(who)}" for what, who in groups.items())
     return (text + ".")[:MAX_SAY] if text else ""
+
+
+OPPOSITES = {("turn_on", "turn_off"), ("open", "close"), ("lock", "unlock"), ("play", "pause"), ("start", "stop")}
+
+
+def _opposed(actions: list[Resolved]) -> bool:
+    """One device told both ways in one answer (on and off): a small model's hedge, not an answer."""
+    done: dict[str, set[str]] = {}
+    for a in actions:
+        done.setdefault(a.device, set()).add(a.action)
+    return any({x, y} <= names for names in done.values() for x, y in OPPOSITES)

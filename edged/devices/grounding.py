@@ -37,6 +37,7 @@ class Grounding:
     values: Mapping[str, ParamValue] = field(default_factory=dict)  # parameter name -> value
     confident: bool = False  # restrict the answer grammar to these devices and values
     unknown: tuple[str, ...] = ()  # room- or appliance-like words that name nothing here ("sauna")
+    question: bool = False  # "what is the flow rate of pump 3?": a query, not a command
 
     @property
     def empty(self) -> bool:
@@ -44,8 +45,8 @@ class Grounding:
 
     @property
     def names_nothing_here(self) -> bool:
-        """No device or area named, or a room or appliance the registry does not have."""
-        return self.empty or bool(self.unknown)
+        """No device or area named, a room or appliance the registry does not have, or a question."""
+        return self.empty or bool(self.unknown) or self.question
 
     def device_ids(self) -> frozenset[str]:
         return frozenset(d for d, _ in self.devices)
@@ -108,7 +109,17 @@ def from_linking(
         values=_values(registry, [d for d, _ in ranked[:MAX_CANDIDATES]], heard),
         confident=confident,
         unknown=tuple(w.text for w in linking.unlinked),
+        question=_asks(linking, language),
     )
+
+
+def _asks(linking: Linking, language: str) -> bool:
+    """The command opens with a question word ("why is pump 3 vibrating?"), fillers aside."""
+    from edged.devices.lexicon import load_lexicon
+
+    lex = load_lexicon(language)
+    first = next((w.text for w in linking.words if w.text not in lex.fillers or w.text in lex.questions), None)
+    return first in lex.questions
 
 
 def load_kinds(linking: Linking, language: str) -> dict[frozenset[str], float]:
