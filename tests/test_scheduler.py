@@ -204,3 +204,14 @@ def test_submit_queues_by_batch_limit_and_withdraw_takes_back_the_unstarted(engi
     assert not finished["b"].is_set() and not finished["c"].is_set()
     assert d.step_span[1] >= a.step_span[2]  # it started once the first had finished
     assert d.queue_ms > 0 and a.finish_reason == "length"
+
+
+def test_a_request_expired_in_the_queue_ends_without_prefill(engine):
+    """``expired`` is asked once when a request leaves the queue: true ends it there, no step spent on it."""
+    from edged.engine.types import GenerationRequest, generate
+
+    asked: list[int] = []
+    request = GenerationRequest(_query(), "no_think", GREEDY, expired=lambda: asked.append(1) or True)
+    gen = generate(engine, request)
+    assert (gen.finish_reason, gen.completion_tokens, gen.steps, gen.cached_tokens) == ("stopped", 0, 0, 0)
+    assert asked == [1]

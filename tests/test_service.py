@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from edged.engine.types import Done, Generation, GenerationRequest
-from edged.protocol import Request
+from edged.protocol import Request, Result
 from edged.service.handler import Job, Service, answer_object
 from edged.service.sessions import SessionStore
 from edged.settings import ModelSettings
@@ -200,6 +200,20 @@ def test_stopped_generation_is_timeout() -> None:
     assert result.result is None and result.usage.completion_tokens == 20
     service.handle(job(id="r2", session="s1", text="again?"))
     assert [m["role"] for m in engine.calls[1]["messages"]] == ["system", "user"]
+
+
+def test_expired_in_the_engine_queue_is_a_timeout_before_start() -> None:
+    """The engine asks ``expired`` before starting; a request past its deadline by then ends unstarted."""
+    clock = FakeClock()
+    engine = FakeEngine(replace(GEN, finish_reason="stopped", completion_tokens=0, reasoning_tokens=0))
+    service = make_service(engine, clock)
+    started = service.start(job(deadline=101.0))
+    assert not isinstance(started, Result) and started.request.expired() is False
+    clock.now = 101.0
+    assert started.request.expired() is True
+    result = service.finish(started, engine.results[0])
+    assert (result.status, result.error.code.value) == ("timeout", "deadline_exceeded")
+    assert result.error.message == "deadline passed before the request started"
 
 
 def test_engine_failure_is_generation_failed() -> None:

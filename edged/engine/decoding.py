@@ -40,6 +40,7 @@ class Sequence:
     static_prefix: int = 0  # leading prompt tokens worth keeping in the prefix cache
     keep: bool = False  # keep the finished sequence's cache (a session's next turn starts after it)
     should_stop: Callable[[], bool] = lambda: False
+    expired: Callable[[], bool] = lambda: False  # checked once, before its prefill begins
     # state
     cache: list[Any] | None = None  # per-layer KV cache while not in a batch
     fed: list[int] = field(default_factory=list)  # tokens whose KV is in the cache

@@ -273,6 +273,7 @@ class MlxEngine:
             static_prefix=self._static_prefix(request.messages, prompt) if self._prefixes is not None else 0,
             keep=request.keep,
             should_stop=request.should_stop,
+            expired=request.expired,
             request=request,
             on_end=lambda seq: self._ended(request, seq, on_done),
         )

@@ -209,6 +209,11 @@ class Scheduler:
 
     # -- prefill: one sequence, its own cache ---------------------------------------------
     def _prefill(self, c: _Class, seq: Sequence) -> None:
+        if seq.cache is None and seq.expired():  # not worth starting any more: ends with no tokens
+            seq.finish = "stopped"
+            c.waiting.popleft()
+            self._finish(seq)
+            return
         if seq.cache is None:  # its first step: take the longest cached start of the prompt
             seq.step_span = (seq.step_span[0], self.steps, 0)
             cache, cached = self._prefixes.take(seq.prompt) if self._prefixes is not None else (None, 0)

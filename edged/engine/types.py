@@ -49,6 +49,9 @@ class GenerationRequest:
     priority: Priority = "normal"  # high runs before normal before low
     keep: bool = False  # a session's turn: keep its cache for the session's next turn
     should_stop: Callable[[], bool] = _never  # called once per generated token; True stops with "stopped"
+    expired: Callable[[], bool] = (
+        _never  # called when it leaves the queue; True ends it unstarted ("stopped", no tokens)
+    )
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,10 @@ class StopCheck:
         self.tokens += 1
         self._progress()
         self._report(self._job, self.tokens)
+        return self.expired()
+
+    def expired(self) -> bool:
+        """Cancelled, or past the deadline (also asked once before the generation starts)."""
         if self._cancelled(self._job.request.id or ""):
             self.reason = "cancelled"
         elif self._job.deadline is not None and self._clock() >= self._job.deadline:
@@ -211,6 +215,7 @@ class Service:
             priority=job.priority,
             keep=bool(req.session),
             should_stop=stop,
+            expired=stop.expired,
         )
         return Started(job, request, plan, chosen, stop, timing, tuple(notes))
 
@@ -247,12 +252,8 @@ class Service:
             "usage": usage,
             "timing_ms": timing,
         }
-        if gen.finish_reason == "stopped" and started.stop.reason == "cancelled":
-            return error_result(req.id, ErrorCode.CANCELLED, "cancelled during generation", **common)
         if gen.finish_reason == "stopped":
-            return error_result(
-                req.id, ErrorCode.DEADLINE_EXCEEDED, "deadline passed during generation", status="timeout", **common
-            )
+            return _stopped(req.id, started.stop.reason, begun=gen.completion_tokens > 0, **common)
         answered = started.plan.finish(gen)
         if req.session and answered.remember:
             self._remember(req.session, started.chosen, gen)
@@ -299,6 +300,14 @@ class Service:
     def _remember(self, session: str, chosen: Route, gen: Generation) -> None:
         turn_tokens = self._engine.count_tokens(chosen.text) + gen.completion_tokens - gen.reasoning_tokens
         self._sessions.remember(session, switch=chosen.switch, turn=Turn(chosen.text, gen.answer, turn_tokens))
+
+
+def _stopped(request_id: str, reason: str | None, *, begun: bool, **common: Any) -> Result:
+    """The result of a generation that ``should_stop`` or ``expired`` ended (``begun``: after some tokens)."""
+    when = "during generation" if begun else "before the request started"
+    if reason == "cancelled":
+        return error_result(request_id, ErrorCode.CANCELLED, f"cancelled {when}", **common)
+    return error_result(request_id, ErrorCode.DEADLINE_EXCEEDED, f"deadline passed {when}", status="timeout", **common)
 
 
 def _with_notes(

@@ -111,22 +111,26 @@ class Worker:
             started = self._service.start(job, progress=self._beat)
         except Exception as exc:  # a bug in edged, not in the request: still answer it
             started = _crashed(job, exc)
-        handed = False
+        if isinstance(started, Result):
+            self._prepared()
+            self._end(job, started)
+            return
         with self._cond:
-            if not isinstance(started, Result) and self._stopping.is_set():
-                self._returned.append(job)  # shutting down before it reached the engine: unstarted
+            stopping = self._stopping.is_set()
+            if stopping:  # shutting down before it reached the engine: unstarted, handed back by stop()
+                self._returned.append(job)
                 self._running.remove(job)
-            elif not isinstance(started, Result):
+            else:
                 self._submitted[id(started.request)] = job
-                handed = True
-        if handed:
-            assert not isinstance(started, Result)
+        if not stopping:
             self._engine.submit(started.request, lambda outcome: self._generated(started, outcome))
-        with self._cond:  # counted until the engine has it, so that stop() can withdraw it
+        self._prepared()
+
+    def _prepared(self) -> None:
+        """One job less on its way in (counted until the engine has it, so that stop() can withdraw it)."""
+        with self._cond:
             self._preparing -= 1
             self._cond.notify_all()
-        if isinstance(started, Result):
-            self._end(job, started)
 
     def _generated(self, started: Started, outcome: Generation | Exception) -> None:
         """On the engine's thread: hand the rest to a service thread at once."""
