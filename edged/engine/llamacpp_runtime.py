@@ -50,9 +50,14 @@ def _init_backend() -> None:
 class Runtime:
     """Owned by the engine thread (llama.cpp contexts are not thread-safe); the tokenizer calls are."""
 
-    def __init__(self, path: Path, *, n_ctx: int, n_seq: int, n_batch: int, threads: int | None = None):
+    def __init__(
+        self, path: Path, *, n_ctx: int, n_seq: int, n_batch: int, threads: int | None = None, repack: bool = False
+    ):
+        """``repack``: copy the weights into llama.cpp's interleaved CPU layouts (faster batched products, but the
+        copy comes on top of the mapped file: ~2x the weights' memory at load)."""
         _init_backend()
         params = llama_cpp.llama_model_default_params()
+        params.use_extra_bufts = repack
         self.model = _internals.LlamaModel(path_model=str(path), params=params, verbose=False)
         self.vocab = self.model.vocab
         self.n_vocab = self.model.n_vocab()
