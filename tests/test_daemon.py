@@ -222,6 +222,20 @@ def test_message_expiry_passed_in_queue_is_a_timeout(start_daemon, client_for):
     assert (expiring["status"], expiring["error"]["code"]) == ("timeout", "deadline_exceeded")
 
 
+def test_a_command_is_answered_before_a_query_that_came_first(start_daemon, client_for):
+    """One queue decides priority: a command sent just after a long query, with one generation per priority,
+    runs from the engine's next step on and is answered first; the query still finishes."""
+    long_think = {"temperature": 0.6, "top_p": 0.95, "top_k": 20, "max_tokens": 160, "thinking_budget": 140}
+    d = start_daemon(model={"think": long_think, "scheduler": {"max_batch": 1}})
+    c = client_for(d.base, timeout=120)
+    c.subscribe(f"{d.base}/result/+")
+    c.publish(f"{d.base}/query", json.dumps({"id": "first-query", "text": "think about it"}))
+    c.publish(f"{d.base}/command", json.dumps({"id": "then-command", "text": "lights on"}))
+    assert _result(c, d.base, "first-query")["status"] == "ok"
+    order = [m.topic.rsplit("/", 1)[1] for m in c.messages() if m.topic.startswith(f"{d.base}/result/")]
+    assert order == ["then-command", "first-query"]
+
+
 def test_deadline_during_generation_stops_it(start_daemon, client_for):
     """A deadline that passes mid-generation stops the model there and answers timeout."""
     long_think = {"temperature": 0.6, "top_p": 0.95, "top_k": 20, "max_tokens": 400, "thinking_budget": 300}

@@ -49,9 +49,8 @@ class GenerationRequest:
     priority: Priority = "normal"  # high runs before normal before low
     keep: bool = False  # a session's turn: keep its cache for the session's next turn
     should_stop: Callable[[], bool] = _never  # called once per generated token; True stops with "stopped"
-    expired: Callable[[], bool] = (
-        _never  # called when it leaves the queue; True ends it unstarted ("stopped", no tokens)
-    )
+    # called once when it leaves the queue; True ends it unstarted ("stopped", no tokens, no prefill)
+    expired: Callable[[], bool] = _never
 
 
 @dataclass(frozen=True)
@@ -80,7 +79,14 @@ Done = Callable[[Generation | Exception], None]  # the generation, or why there 
 
 
 class Engine(Protocol):
-    """What the service needs from a model engine."""
+    """What the service needs from a model engine.
+
+    The engine's queue is the only one in front of the model: it serves ``high`` before ``normal``
+    before ``low`` (with its own fairness), bounds how many run at once, asks ``expired`` when a
+    request leaves the queue and ``should_stop`` after every generated token, and reports each
+    request exactly once through ``on_done``: a :class:`Generation`, or the exception (e.g.
+    :class:`ContextOverflow`) that kept it from one.
+    """
 
     name: str
     supports_thinking: bool

@@ -98,8 +98,14 @@ class StopCheck:
         self._report(self._job, self.tokens)
         return self.expired()
 
+    def starting(self) -> bool:
+        """The engine takes the request from its queue: report "started" (and beat), then whether it expired."""
+        self._progress()
+        self._report(self._job, 0)
+        return self.expired()
+
     def expired(self) -> bool:
-        """Cancelled, or past the deadline (also asked once before the generation starts)."""
+        """Cancelled, or past the deadline."""
         if self._cancelled(self._job.request.id or ""):
             self.reason = "cancelled"
         elif self._job.deadline is not None and self._clock() >= self._job.deadline:
@@ -198,7 +204,6 @@ class Service:
                 status="timeout",
                 **base,
             )
-        self._report(job, 0)  # "started": before the prompt is built (telemetry summaries take a moment)
         session = self._sessions.get(req.session) if req.session else None
         chosen = route(job.kind, req.text, think=req.think, remembered=session.switch if session else None)
         mode, notes = chosen.mode, []
@@ -215,7 +220,7 @@ class Service:
             priority=job.priority,
             keep=bool(req.session),
             should_stop=stop,
-            expired=stop.expired,
+            expired=stop.starting,  # "started" is reported when the engine takes it from its queue
         )
         return Started(job, request, plan, chosen, stop, timing, tuple(notes))
 
@@ -232,12 +237,7 @@ class Service:
             message = f"{type(outcome).__name__}: {outcome}"
             return error_result(req.id, ErrorCode.GENERATION_FAILED, message, mode=mode, **base)
         gen = outcome
-        timing.queue = round(timing.queue + gen.queue_ms, 1)  # before the engine, then in its queue
-        timing.prefill, timing.decode, timing.mask = (
-            round(gen.prefill_ms, 1),
-            round(gen.decode_ms, 1),
-            round(gen.mask_ms, 1),
-        )
+        _add_times(timing, gen)
         usage = Usage(
             prompt_tokens=gen.prompt_tokens,
             cached_tokens=gen.cached_tokens,
@@ -245,13 +245,7 @@ class Service:
             reasoning_tokens=gen.reasoning_tokens,
             forced_tokens=gen.forced_tokens,
         )
-        common: dict[str, Any] = {
-            "kind": job.kind,
-            "mode": mode,
-            "model": self._engine.name,
-            "usage": usage,
-            "timing_ms": timing,
-        }
+        common: dict[str, Any] = {**base, "mode": mode, "usage": usage}
         if gen.finish_reason == "stopped":
             return _stopped(req.id, started.stop.reason, begun=gen.completion_tokens > 0, **common)
         answered = started.plan.finish(gen)
@@ -300,6 +294,15 @@ class Service:
     def _remember(self, session: str, chosen: Route, gen: Generation) -> None:
         turn_tokens = self._engine.count_tokens(chosen.text) + gen.completion_tokens - gen.reasoning_tokens
         self._sessions.remember(session, switch=chosen.switch, turn=Turn(chosen.text, gen.answer, turn_tokens))
+
+
+def _add_times(timing: Timing, gen: Generation) -> None:
+    timing.queue = round(timing.queue + gen.queue_ms, 1)  # before the engine, then in its queue
+    timing.prefill, timing.decode, timing.mask = (
+        round(gen.prefill_ms, 1),
+        round(gen.decode_ms, 1),
+        round(gen.mask_ms, 1),
+    )
 
 
 def _stopped(request_id: str, reason: str | None, *, begun: bool, **common: Any) -> Result:
