@@ -71,8 +71,8 @@ def main(job_path: str) -> None:
     )
 
 
-def measure(cache: Path, workdir: Path) -> dict[str, Any]:
-    """Write (or reuse) the random GGUF and its MLX import, run every engine mode; figures by mode."""
+def measure(cache: Path, workdir: Path, modes: tuple[tuple[str, str], ...] = MODES) -> dict[str, Any]:
+    """Write (or reuse) the random GGUF and its MLX import, run each engine mode; figures by mode."""
     from edged.models.gguf_import import import_gguf
     from edged.models.testmodel_gguf import random_qwen3_gguf
 
@@ -81,7 +81,7 @@ def measure(cache: Path, workdir: Path) -> dict[str, Any]:
     if not (mlx_dir / "config.json").is_file():
         import_gguf(gguf, mlx_dir)
     out: dict[str, Any] = {"gguf_mb": round(gguf.stat().st_size / 2**20, 1), "modes": {}}
-    for engine, dtype in MODES:
+    for engine, dtype in modes:
         path = gguf if engine == "llamacpp" else mlx_dir
         name = f"{engine}-{dtype}"
         try:

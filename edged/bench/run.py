@@ -87,6 +87,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=False,
         help="random Qwen3-1.7B-shaped Q4_0 weights on both engines (writes ~1 GB into edged's cache; minutes)",
     )
+    p.add_argument(
+        "--production-modes",
+        default="llamacpp-keep,mlx-float32,mlx-keep",
+        help="engine-dtype pairs of the production-shape row (MLX 4-bit on a CPU takes minutes)",
+    )
     p.add_argument("--json", type=Path, help="also write every figure (and the samples) here")
     p.add_argument("--host", default="127.0.0.1", help="MQTT broker")
     p.add_argument("--port", type=int, default=1883)
@@ -275,7 +280,8 @@ def run(args: argparse.Namespace) -> int:
     if args.production_shape:
         from edged.models.store import models_dir
 
-        shape = production.measure(models_dir(), workdir)
+        modes = tuple(tuple(m.strip().split("-", 1)) for m in args.production_modes.split(",") if m.strip())
+        shape = production.measure(models_dir(), workdir, modes)  # type: ignore[arg-type]
     best = production.best_mlx(shape) if shape else None
     ratios.update(report.engine_ratios(llama_engine, refs["llama_cpp"], budget_mb, shape, best))
     devices = len(load_registry(args.registry).devices)
