@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup broker demo test run service-files
+.PHONY: setup broker demo check test run service-files
 
 $(BIN)/edged: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,13 @@ broker:
 demo: setup broker
 	$(BIN)/edged demo
 
-test: setup broker
+# Lint, formatting and types (config in pyproject.toml) take seconds: they fail before the long test run does.
+check: setup
+	$(BIN)/ruff check edged tests
+	$(BIN)/ruff format --check edged tests
+	$(BIN)/mypy
+
+test: check broker
 	$(BIN)/python -m pytest -q
 
 run: setup

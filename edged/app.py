@@ -19,13 +19,13 @@ from edged import __version__
 from edged.bus.mqtt import Bus, BusConfig, Inbound
 from edged.devices.commands import DeviceControl
 from edged.devices.confirmations import Confirmations
-from edged.devices.registry import RegistryStore
+from edged.devices.discovery import open_registry
 from edged.devices.state import DeviceStates
 from edged.diagnostics.diagnosis import Diagnostics
 from edged.diagnostics.telemetry import TelemetryStore
 from edged.engine.types import Engine
 from edged.ops.health import SERVING, Monitor, StatusBoard
-from edged.ops.homeassistant import discovery
+from edged.ops.homeassistant import Announcer, BusyFlag, device_config
 from edged.ops.logs import apply_levels
 from edged.ops.metrics import MetricsServer
 from edged.ops.periodic import Periodic
@@ -38,7 +38,7 @@ from edged.service.inbox import Inbox
 from edged.service.intake import Admin, Intake
 from edged.service.ledger import Ledger, ledger_path
 from edged.service.progress import Cancellations, ProgressReporter
-from edged.service.reload import Outcome, Reloader
+from edged.service.reload import Reloader, ReloadPlan
 from edged.service.sessions import SessionStore
 from edged.service.worker import Worker
 from edged.settings import Settings
@@ -100,6 +100,8 @@ class Daemon:
         self.board = StatusBoard(publish=self._publish_status, notifier=self.notifier, info=self._identity)
         self.monitor = Monitor(healthy=self._healthy, notifier=self.notifier, on_change=self._health_changed)
         self.stats = Stats(window_s=settings.stats.window_s)
+        self.announcer = Announcer(settings.state_dir)  # Home Assistant discovery
+        self.activity = BusyFlag(lambda on: self._publish_retained(self._topic("busy"), b"ON" if on else b"OFF"))
         self._reloader = Reloader(reload_settings, self._apply, self.notifier) if reload_settings else None
         self.engine: Engine | None = None
         self.service: Service | None = None
@@ -146,7 +148,8 @@ class Daemon:
         self.delivery = Delivery(
             self.bus,
             self.ledger,
-            record=self.stats.record,
+            record=self._record,
+            answered=self.activity.finished,
             finished=self.progress.forget,
             publish_timeout_s=lambda: self.settings.mqtt.publish_timeout_s,
             queue_depth=self.worker.depth,
@@ -161,14 +164,20 @@ class Daemon:
             stopping=self._stopping,
             model_name=lambda: self.engine.name if self.engine else None,
             queue_size=lambda: self.settings.requests.queue_size,
+            claim=self._claim,
+            accepted=self.activity.started,
         )
         self.notifier.status(f"connecting to MQTT {s.mqtt.host}:{s.mqtt.port}")
-        self.bus.start(self.intake.subscriptions(), watch=self.intake.watched())
+        discovery = self.discovery.topics() if self.discovery else []
+        self.bus.start(self.intake.subscriptions(), watch=[*self.intake.watched(), *discovery])
 
     def _load_model(self) -> tuple[Engine, Service]:
         s = self.settings
         self.notifier.status(f"loading model {s.model.display_name()}")
+        loading = time.monotonic()
         engine = self.engine = self._engine_factory(s)
+        if self.metrics is not None:
+            self.metrics.model_loaded(time.monotonic() - loading)
         sessions = SessionStore(
             max_turns=s.sessions.max_turns,
             max_tokens=s.sessions.max_tokens,
@@ -206,12 +215,13 @@ class Daemon:
         log.info("warmed_up", seconds=round(time.monotonic() - started, 2), **{f"{k}_s": v for k, v in took.items()})
 
     def _device_control(self, s: Settings) -> DeviceControl | None:
-        if s.devices.registry is None:
+        store, self.discovery = open_registry(s.devices, on_change=lambda _registry: self._watch_registry())
+        if store is None:
             return None
-        store = RegistryStore(s.devices.registry, on_change=lambda _registry: self._watch_registry())
         log.info(
             "registry_loaded",
             path=str(s.devices.registry),
+            discover=s.devices.discover,
             version=store.current.version,
             devices=len(store.current.devices),
         )
@@ -222,6 +232,7 @@ class Daemon:
             self._publish_device,
             dispatch_default=s.devices.dispatch,
             claim=self.ledger.claim,
+            commands=s.commands,
         )
 
     def _watch_registry(self) -> None:
@@ -232,6 +243,10 @@ class Daemon:
     def _publish(self, topic: str, payload: bytes) -> None:
         if self.bus is not None:
             self.bus.publish(topic, payload)
+
+    def _publish_retained(self, topic: str, payload: bytes) -> None:
+        if self.bus is not None:
+            self.bus.publish(topic, payload, retain=True)
 
     def _publish_device(self, topic: str, payload: bytes) -> None:
         self._publish(topic, payload)
@@ -265,10 +280,10 @@ class Daemon:
             except queue.Empty:
                 continue
 
-    def reload(self, admin: Admin | None = None) -> Outcome:
+    def reload(self, admin: Admin | None = None) -> ReloadPlan:
         """Re-read the configuration: apply what can change now, keep the rest, keep everything on error."""
         if self._reloader is None:
-            outcome = Outcome(self.settings, error="edged was started without a configuration source to reload")
+            outcome = ReloadPlan(self.settings, error="edged was started without a configuration source to reload")
         else:
             outcome = self._reloader(self.settings)
         if admin is not None and self.bus is not None:
@@ -284,6 +299,8 @@ class Daemon:
         self.intake.configure(settings)
         if self.service is not None:
             self.service.configure(settings.model)
+        if self.devices is not None:  # language, layers, grounding, temperature: from the next command on
+            self.devices.commands = settings.commands
         self.stats.window_s = settings.stats.window_s
         self.ledger.configure(window_s=settings.requests.dedupe_window_s, max_rows=settings.requests.dedupe_max_rows)
         self._stats_ticks.interval = settings.stats.interval_s
@@ -363,10 +380,11 @@ class Daemon:
     def _on_connected(self) -> None:
         """Every (re)connect, once subscribed: the status again (and discovery), and online if the model is ready."""
         self.board.republish()
-        ha = self.settings.homeassistant
-        if ha.discovery and self.bus is not None:
-            for topic, payload in discovery(prefix=ha.discovery_prefix, topic=self._topic, **self._device()):
-                self.bus.publish(topic, payload, retain=True)
+        s = self.settings
+        config = device_config(topic=self._topic, base=self.base, reload_button=s.admin.reload_topic, **self._device())
+        prefix, enabled = s.homeassistant.discovery_prefix, s.homeassistant.discovery
+        for topic, payload in self.announcer.messages(enabled=enabled, prefix=prefix, node_id=s.node_id, config=config):
+            self._publish_retained(topic, payload)
         self._go_online()
 
     def _go_online(self) -> None:
@@ -396,6 +414,19 @@ class Daemon:
         self.board.set(
             "online" if healthy else "degraded", reason=None if healthy else "worker_stuck", only_from=SERVING
         )
+
+    def _record(self, result: Result) -> None:
+        """Count a result: the stats document and, when enabled, Prometheus."""
+        self.stats.record(result)
+        if self.metrics is not None:
+            self.metrics.record(result)
+
+    def _claim(self, msg: Inbound) -> bool:
+        """Messages that are not requests: device discovery configs."""
+        if self.discovery is not None and self.discovery.handles(msg.topic):
+            self.discovery.receive(msg.topic, msg.payload)
+            return True
+        return False
 
 
 def run(

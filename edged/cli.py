@@ -1,4 +1,5 @@
-"""Command line: ``edged run``, ``edged config check``, ``edged model build-test``, ``edged service install``, ``edged demo``, ``edged bench``, ``edged bench-diagnostics``."""
+"""Command line: ``edged run``, ``ask``, ``registry show``, ``config check``, ``model``, ``service install``,
+``demo``, ``eval``, ``bench``, ``bench-diagnostics``."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import structlog
 from pydantic import ValidationError
 
 from edged import __version__
+from edged import ask as ask_cli
 from edged.engine.blas import preload_blas
 from edged.models import cli as model_cli
 from edged.ops.logs import setup_logging
@@ -41,12 +43,26 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--config", type=Path)
 
     model_cli.add_parser(sub)
+    ask_cli.add_parser(sub)
+    from edged.devices.discovery import show as registry_cli
+
+    registry_cli.add_parser(sub)
 
     ev = sub.add_parser("eval", help="device-command accuracy over a JSONL set (dry run, same code path as the daemon)")
     ev.add_argument("cases", type=Path, help="JSONL: {text, expect: [{device, action, params}]}")
     ev.add_argument("--registry", type=Path, required=True)
-    ev.add_argument("--model", default="smollm2", help="a model path or cached repo id; default: the offline SmolLM2")
-    ev.add_argument("--compare", action="store_true", help="also run without constrained decoding, side by side")
+    ev.add_argument(
+        "--model",
+        default="smollm2",
+        help="a model path or cached repo id; default: the offline SmolLM2; none: no model",
+    )
+    ev.add_argument("--compare", action="store_true", help="also run the model alone (no templates, rules, grounding)")
+    ev.add_argument(
+        "--grounding", action="store_true", help="on the cases left to the model: grounded vs plain, side by side"
+    )
+    ev.add_argument("--misses", action="store_true", help="print the cases each run got wrong")
+    ev.add_argument("--language", help="language of cases without one (default: the commands.language setting)")
+    ev.add_argument("--runs", help="comma-separated runs: pipeline, unconstrained, model only, model grounded")
     ev.add_argument("--limit", type=int, help="only the first N cases")
     ev.add_argument("--json", type=Path, help="also write the numbers here")
     ev.add_argument("--config", type=Path)
@@ -141,7 +157,7 @@ def _install_service(args: argparse.Namespace) -> int:
         written = sf.install_systemd(args.dest or Path("/etc/systemd/system"), config)
         steps = sf.systemd_next_steps(config)
     else:
-        scope = "agent" if args.agent else "daemon"
+        scope: sf.LaunchdScope = "agent" if args.agent else "daemon"
         user = args.user or os.environ.get("SUDO_USER") or getpass.getuser()
         written = sf.install_launchd(scope, args.dest, config, user, Path.home())
         steps = sf.launchd_next_steps(scope, written[0])
@@ -163,10 +179,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "model":
         return model_cli.main(args)
+    if args.command == "ask":
+        return ask_cli.main(args)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # `run` never downloads
     # transformers' import-time advice that PyTorch is missing bypasses our log format; MLX runs the model.
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    if args.command == "registry":
+        from edged.devices.discovery import show as registry_cli
+
+        return registry_cli.main(args)
     if args.command == "eval":
         return _eval(args)
     if args.command == "simulate":
@@ -194,10 +216,11 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging("warning")
         return run_demo(args.config, args.model)
     if args.command in ("bench", "bench-diagnostics"):
-        from edged.bench import diagnostics, run
+        from edged.bench import diagnostics
+        from edged.bench import run as bench
 
         setup_logging("info", "console" if sys.stderr.isatty() else "json", stream=sys.stderr)
-        return (run.run if args.command == "bench" else diagnostics.run)(args)
+        return (bench.run if args.command == "bench" else diagnostics.run)(args)
 
     settings = _load(args.config)
     if settings is None:
@@ -226,41 +249,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    import json
-
     settings = _load(args.config)
     if settings is None:
         return EXIT_CONFIG
     setup_logging("info", "console" if sys.stderr.isatty() else "json", stream=sys.stderr)
     preload_blas(settings.model.blas)
-    from edged.devices.commands import DeviceControl
-    from edged.devices.confirmations import Confirmations
-    from edged.devices.registry import RegistryStore
-    from edged.devices.state import DeviceStates
-    from edged.engine.mlx import MlxEngine
-    from edged.evaluate import evaluate, load_cases, print_table
-    from edged.models.store import ensure_demo_model
+    from edged.evaluate import cli_eval
 
-    path = str(ensure_demo_model()) if args.model == "smollm2" else args.model
-    model = settings.model.model_copy(update={"path": path, "name": None, "seed": 0})
-    model = model.model_copy(update={"no_think": model.no_think.model_copy(update={"temperature": 0.0})})
-    engine = MlxEngine(model)
-    store = RegistryStore(args.registry)
-    cases = load_cases(args.cases, store.current)[: args.limit]
-
-    def control(*, constrain: bool) -> DeviceControl:
-        return DeviceControl(
-            store, DeviceStates(), Confirmations(60), lambda _t, _p: None, dispatch_default=False, constrain=constrain
-        )
-
-    rows = evaluate(
-        engine, model, control, cases, modes=["constrained", "unconstrained"] if args.compare else ["constrained"]
-    )
-    print(f"{engine.name} on {args.registry.name}, {len(cases)} cases, greedy")
-    print_table(rows)
-    if args.json:
-        args.json.write_text(json.dumps({"model": engine.name, "registry": str(args.registry), "runs": rows}, indent=2))
-    return 0
+    return cli_eval(args, settings)
 
 
 if __name__ == "__main__":

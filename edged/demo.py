@@ -3,7 +3,8 @@
 Starts edged against the configured broker on SmolLM2-135M-Instruct (a real, small instruct
 model shipped on PyPI as GGUF, imported once into edged's cache) or on the tiny random Qwen3,
 sends commands and a query over MQTT the way any caller would, prints each result with the
-latency the caller saw, then shuts down.
+latency the caller saw and the layer that resolved each command (sentence templates, registry
+rules or the model), then shuts down.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from edged.models.store import OFFLINE_MODELS, offline_model_dir
 from edged.ops.stats import peak_rss_mb
 from edged.settings import load_settings
 
-DEMO_REQUESTS = [
+DEMO_REQUESTS: list[tuple[str, dict[str, object]]] = [
     ("command", {"text": "turn off the living room lights"}),
     ("command", {"text": "dim the hallway to 30 percent"}),
     (
@@ -64,7 +65,8 @@ def run_demo(config: Path | None, which: str = "smollm2") -> int:
         daemon.stop()
         return 1
     print(
-        f"edged online on {daemon.base} after {time.monotonic() - started:.1f} s (model load and prompt warm-up included)\n"
+        f"edged online on {daemon.base} after {time.monotonic() - started:.1f} s"
+        " (model load, prompt and template warm-up included)\n"
     )
     try:
         with EdgedClient(daemon.base, host=settings.mqtt.host, port=settings.mqtt.port, timeout=300) as client:
@@ -75,8 +77,11 @@ def run_demo(config: Path | None, which: str = "smollm2") -> int:
                 print(f"--> {daemon.base}/{kind}: {json.dumps(body)}")
                 print(f"<-- {json.dumps(result, indent=2, ensure_ascii=False)}")
                 inside = result["timing_ms"]["total"]
+                path = (result.get("result") or {}).get("resolved_by")
                 print(
-                    f"    caller saw {latency_ms:.0f} ms; edged (queue + model) {inside:.0f} ms; bus {latency_ms - inside:.0f} ms\n"
+                    f"    caller saw {latency_ms:.0f} ms; edged {inside:.0f} ms"
+                    + (f" (resolved by {path})" if path else " (queue + model)")
+                    + f"; bus {latency_ms - inside:.0f} ms\n"
                 )
     finally:
         daemon.stop()

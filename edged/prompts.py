@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from edged.protocol import Kind
 
@@ -35,7 +34,7 @@ QUERY_SYSTEM = (
 SYSTEM: dict[str, str] = {"command": COMMAND_SYSTEM, "query": QUERY_SYSTEM}
 
 
-def user_content(text: str, context: Mapping[str, Any] | None) -> str:
+def user_content(text: str, context: Mapping[str, object] | None) -> str:
     """The user's text, followed by the caller's structured context as compact JSON."""
     if not context:
         return text
@@ -44,7 +43,7 @@ def user_content(text: str, context: Mapping[str, Any] | None) -> str:
 
 
 def build_messages(
-    kind: Kind, text: str, *, context: Mapping[str, Any] | None = None, history: Iterable[Turn] = ()
+    kind: Kind, text: str, *, context: Mapping[str, object] | None = None, history: Iterable[Turn] = ()
 ) -> list[dict[str, str]]:
     """System prompt first (static, so a prompt cache can reuse it), then history, then the request."""
     messages = [{"role": "system", "content": SYSTEM[kind]}]

@@ -11,13 +11,16 @@ import re
 import uuid
 from dataclasses import dataclass
 from enum import Enum
-from typing import Annotated, Any, Literal, TypeVar, get_args
+from typing import Annotated, Literal, TypeGuard, TypeVar, Union, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import ErrorDetails
 
 CONTRACT_VERSION = 1
 ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 SESSION_PATTERN = r"^[A-Za-z0-9_.:@/-]{1,128}$"
+LANGUAGE_PATTERN = r"^[a-z]{2,3}(-[A-Za-z]{2,4})?$"
+AREA_PATTERN = r"^[^\x00-\x1f]{1,64}$"  # an area id, name or alias of the registry
 MAX_TOPIC_CHARS = 512
 MAX_DEADLINE_MS = 24 * 3600 * 1000
 
@@ -27,6 +30,14 @@ Priority = Literal["high", "normal", "low"]  # scheduling class; commands defaul
 PRIORITIES: tuple[Priority, ...] = get_args(Priority)  # most urgent first: the engine's scheduler serves them so
 Status = Literal["ok", "error", "rejected", "needs_confirmation", "timeout"]
 _M = TypeVar("_M", bound=BaseModel)
+# A JSON document as json.loads returns it; read one with isinstance checks, or validate it with a model.
+JSON = Union[str, int, float, bool, None, list["JSON"], dict[str, "JSON"]]  # noqa: UP007 (recursive alias)
+JSONObject = dict[str, JSON]
+
+
+def is_priority(value: str) -> TypeGuard[Priority]:
+    """True when ``value`` names a scheduling class."""
+    return value in PRIORITIES
 
 
 class ErrorCode(str, Enum):
@@ -104,13 +115,15 @@ class Request(BaseModel):
     think: bool | None = None
     include_reasoning: bool | None = None
     reply_to: ReplyTo = None
-    context: dict[str, Any] | None = None
+    context: dict[str, object] | None = None
     deadline_ms: int | None = Field(None, ge=1, le=MAX_DEADLINE_MS)
     dispatch: bool | None = None  # commands: false = dry run, nothing is sent to devices
     client: str | None = Field(
         None, pattern=ID_PATTERN
     )  # who is asking (rate limits); MQTT 5 user property "client" too
     priority: Priority | None = None  # MQTT 5 user property "priority" too
+    language: str | None = Field(None, pattern=LANGUAGE_PATTERN)  # commands: default settings commands.language
+    area: str | None = Field(None, pattern=AREA_PATTERN)  # commands: the speaker's room; MQTT 5 user property "area"
 
     @field_validator("text")
     @classmethod
@@ -158,7 +171,7 @@ class Result(BaseModel):
     kind: Kind | None = None
     status: Status
     mode: Mode | None = None
-    result: dict[str, Any] | None = None
+    result: dict[str, object] | None = None
     reasoning: str | None = None
     error: ErrorInfo | None = None
     model: str | None = None
@@ -229,8 +242,9 @@ def parse_request(payload: bytes, limits: Limits) -> Request:
 def parse_confirm(payload: bytes, limits: Limits) -> ConfirmRequest:
     """Decode a ``{base}/confirm`` payload (a JSON object, or the bare token as text)."""
     data = _decode(payload, limits)
-    if list(data) == ["text"]:
-        data = {"token": data["text"].strip()}
+    text = data.get("text")
+    if list(data) == ["text"] and isinstance(text, str):
+        data = {"token": text.strip()}
     confirm = _validate(ConfirmRequest, data, _salvage(data))
     return confirm if confirm.id else confirm.model_copy(update={"id": new_id()})
 
@@ -238,13 +252,14 @@ def parse_confirm(payload: bytes, limits: Limits) -> ConfirmRequest:
 def parse_cancel(payload: bytes, limits: Limits) -> str:
     """The request id a ``{base}/cancel`` payload names (``{"id": ...}`` or the bare id)."""
     data = _decode(payload, limits)
-    target = data.get("id", data.get("text", "")).strip() if isinstance(data.get("id", data.get("text")), str) else None
+    named = data.get("id", data.get("text"))
+    target = named.strip() if isinstance(named, str) else None
     if set(data) - {"id", "text"} or not target or not re.fullmatch(ID_PATTERN, target):
         raise RequestError(ErrorCode.BAD_ID, 'cancel takes {"id": "<request id>"} or the bare id')
     return target
 
 
-def _decode(payload: bytes, limits: Limits) -> dict[str, Any]:
+def _decode(payload: bytes, limits: Limits) -> JSONObject:
     if len(payload) > limits.max_payload_bytes:
         raise RequestError(
             ErrorCode.PAYLOAD_TOO_LARGE, f"payload is {len(payload)} bytes; limit {limits.max_payload_bytes}"
@@ -256,7 +271,7 @@ def _decode(payload: bytes, limits: Limits) -> dict[str, Any]:
     return _as_object(body)
 
 
-def _as_object(body: str) -> dict[str, Any]:
+def _as_object(body: str) -> JSONObject:
     if not body.lstrip().startswith("{"):
         return {"text": body}
     try:
@@ -268,7 +283,7 @@ def _as_object(body: str) -> dict[str, Any]:
     return data
 
 
-def _salvage(data: dict[str, Any]) -> dict[str, str | None]:
+def _salvage(data: JSONObject) -> dict[str, str | None]:
     """The id and reply_to of an invalid request, where they are valid themselves."""
     raw_id, raw_reply = data.get("id"), data.get("reply_to")
     good_id = raw_id if isinstance(raw_id, str) and re.fullmatch(ID_PATTERN, raw_id) else None
@@ -276,7 +291,7 @@ def _salvage(data: dict[str, Any]) -> dict[str, str | None]:
     return {"id": good_id, "reply_to": good_reply}
 
 
-def _validate(model: type[_M], data: dict[str, Any], hints: dict[str, str | None]) -> _M:
+def _validate(model: type[_M], data: JSONObject, hints: dict[str, str | None]) -> _M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -285,7 +300,7 @@ def _validate(model: type[_M], data: dict[str, Any], hints: dict[str, str | None
         raise RequestError(_code_for(errors[0]), details, **hints) from None
 
 
-def _code_for(error: dict[str, Any]) -> ErrorCode:
+def _code_for(error: ErrorDetails) -> ErrorCode:
     field = error["loc"][0] if error["loc"] else None
     if error["type"] == "extra_forbidden":
         return ErrorCode.UNKNOWN_FIELD

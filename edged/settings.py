@@ -38,8 +38,9 @@ CONFIG_ENV = "EDGED_CONFIG"
 DEFAULT_CONFIG_PATHS = (Path("/etc/edged/edged.toml"), Path("~/.config/edged/edged.toml"))
 
 
-def default_state_dir(environ: dict[str, str] | None = None) -> Path:
-    """``$STATE_DIRECTORY`` (systemd ``StateDirectory=``), else ``$XDG_STATE_HOME/edged``, else ``~/.local/state/edged``."""
+def default_state_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """The state directory: ``$STATE_DIRECTORY`` (systemd ``StateDirectory=``), else ``$XDG_STATE_HOME/edged``,
+    else ``~/.local/state/edged``."""
     env = os.environ if environ is None else environ
     if env.get("STATE_DIRECTORY"):
         return Path(env["STATE_DIRECTORY"].split(":")[0])
@@ -82,7 +83,7 @@ class TlsSettings(_Section):
     @field_validator("ca_file", "cert_file", "key_file")
     @classmethod
     def _file(cls, v: Path | None, info: ValidationInfo) -> Path | None:
-        return _readable_file(v, info.field_name)
+        return _readable_file(v, info.field_name or "file")
 
     @model_validator(mode="after")
     def _check(self) -> TlsSettings:
@@ -288,7 +289,8 @@ class RequestSettings(_Section):
     include_reasoning: bool = Field(False, description="put the thinking text in results by default")
     rate_limit: RateLimitSettings | None = Field(
         None,
-        description="per-client token bucket (client field or MQTT 5 user property); requests without one share a bucket",
+        description="per-client token bucket (client field or MQTT 5 user property); "
+        "requests without one share a bucket",
     )
 
 
@@ -303,6 +305,15 @@ class DeviceSettings(_Section):
     registry: Path | None = Field(None, description="device registry TOML; commands need one to control devices")
     dispatch: bool = Field(True, description="publish device commands; false = dry run (per request: dispatch)")
     confirm_ttl_s: float = Field(120, gt=0, description="how long a needs_confirmation token stays valid")
+    discover: list[Literal["zigbee2mqtt", "homeassistant"]] = Field(
+        default_factory=list,
+        description="also take devices from zigbee2mqtt's bridge/devices and Home Assistant MQTT discovery",
+    )
+    zigbee2mqtt_base: str = Field("zigbee2mqtt", description="zigbee2mqtt's base topic")
+    homeassistant_prefix: str = Field("homeassistant", description="Home Assistant's discovery prefix")
+    confirm_setpoint_above: float = Field(
+        25.0, description="discovered climate devices: a setpoint above this (°C) needs confirmation"
+    )
 
     @field_validator("registry")
     @classmethod
@@ -310,6 +321,24 @@ class DeviceSettings(_Section):
         if v is not None and not v.expanduser().is_file():
             raise ValueError(f"registry file not found: {v}")
         return v.expanduser() if v else v
+
+
+class CommandSettings(_Section):
+    """How spoken commands become device actions: templates and rules first, the model for the rest."""
+
+    language: str = Field(
+        "en", pattern=r"^[a-z]{2,3}(-[A-Za-z]{2,4})?$", description="language of commands that do not name one"
+    )
+    local: bool = Field(True, description="resolve with sentence templates and registry rules before the model")
+    grounded: bool = Field(
+        True, description="model path: name the linked devices first and restrict the answer grammar to them"
+    )
+    temperature: float = Field(
+        0.0,
+        ge=0,
+        description="command decoding; 0 = greedy, a departure from Qwen3's no_think 0.7: "
+        "a device answer wants the most likely reading, not variety",
+    )
 
 
 class DiagnosticSettings(_Section):
@@ -384,6 +413,7 @@ class Settings(BaseSettings):
     requests: RequestSettings = RequestSettings()
     sessions: SessionSettings = SessionSettings()
     devices: DeviceSettings = DeviceSettings()
+    commands: CommandSettings = CommandSettings()
     diagnostics: DiagnosticSettings = DiagnosticSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
     log: LogSettings = LogSettings()
@@ -412,7 +442,7 @@ class Settings(BaseSettings):
         return self.base_topic or f"edged/{self.node_id}"
 
     def instance_topic(self, name: str) -> str:
-        """A topic of this instance (status, stats): ``{base}/{name}``, or ``{base}/{name}/{node_id}`` in a shared group."""
+        """This instance's topic (status, stats): ``{base}/{name}``; ``{base}/{name}/{node_id}`` in a shared group."""
         return f"{self.base}/{name}/{self.node_id}" if self.mqtt.shared_group else f"{self.base}/{name}"
 
     @property
@@ -431,13 +461,13 @@ class Settings(BaseSettings):
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
 
 
-def find_config_file(explicit: Path | None, environ: dict[str, str] | None = None) -> Path | None:
+def find_config_file(explicit: Path | None, environ: Mapping[str, str] | None = None) -> Path | None:
     """The config file to read: ``--config``, else ``$EDGED_CONFIG``, else the first default path that exists."""
-    environ = os.environ if environ is None else environ
+    env = os.environ if environ is None else environ
     if explicit is not None:
         path = explicit.expanduser()
-    elif environ.get(CONFIG_ENV):
-        path = Path(environ[CONFIG_ENV]).expanduser()
+    elif env.get(CONFIG_ENV):
+        path = Path(env[CONFIG_ENV]).expanduser()
     else:
         return next((p.expanduser() for p in DEFAULT_CONFIG_PATHS if p.expanduser().is_file()), None)
     if not path.is_file():
@@ -446,7 +476,9 @@ def find_config_file(explicit: Path | None, environ: dict[str, str] | None = Non
 
 
 def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
-    """Read and validate settings; raises ``pydantic.ValidationError`` or ``FileNotFoundError``."""
+    """Read and validate settings; raises ``pydantic.ValidationError`` or ``FileNotFoundError``.
+
+    ``overrides`` go to pydantic-settings as init arguments (section dicts, validated there)."""
     path = find_config_file(config)
     if path is None:
         return Settings(**overrides)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
@@ -14,11 +15,50 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from edged.engine.blas import preload_blas
 from edged.settings import Settings
 
+
+def route_logs_to_pytest() -> None:
+    """structlog events become standard-library log records, which pytest captures per test and shows with a
+    failure. structlog's default prints to stdout instead: a line from a daemon's thread that lands while pytest
+    is writing its report goes straight to the terminal, between the test results."""
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback),
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+
+
+# The root logger always has a handler, so a record outside a test (no capture then) is dropped, never printed
+# to stderr by logging's last resort.
+_NO_LAST_RESORT = logging.NullHandler()
+logging.getLogger().addHandler(_NO_LAST_RESORT)
+route_logs_to_pytest()
 preload_blas("auto")  # as `edged run` does, before anything imports mlx
+
+
+@pytest.fixture(autouse=True)
+def _logs_stay_with_pytest() -> Iterator[None]:
+    """A test that runs edged's own log set-up (a CLI entry point, the log tests) gets pytest's routing back after:
+    edged's stream handler goes, pytest's capture handlers and the null handler stay."""
+    root = logging.getLogger()
+    before, level = set(root.handlers), root.level
+    yield
+    for handler in root.handlers[:]:
+        if handler not in before and not type(handler).__module__.startswith("_pytest"):
+            root.removeHandler(handler)
+    if _NO_LAST_RESORT not in root.handlers:
+        root.addHandler(_NO_LAST_RESORT)
+    root.setLevel(level)
+    route_logs_to_pytest()
+
 
 BROKER = ("127.0.0.1", 1883)
 CACHE = Path(os.environ.get("EDGED_TEST_CACHE", Path(__file__).resolve().parent.parent / ".cache"))

@@ -103,6 +103,9 @@ def test_bench_quick_reports_every_figure(broker, tiny_model_dir: Path, tmp_path
     assert doc["edged_llamacpp"] is None and doc["production"] is None  # no GGUF given; --production-shape off
     assert all(t["met"] in (True, False, None) for t in doc["targets"])
     assert len(doc["samples"]["idle"]) == 3 and all(s["usage"]["prompt_tokens"] > 0 for s in doc["samples"]["idle"])
+    local = e["local_path"]  # commands the templates resolve: no generation, so no prompt tokens
+    assert local["count"] == local["of"] == 10 and 0 < local["total_p50_ms"] <= local["total_p95_ms"]
+    assert "local path timing.total p50 ms" in stdout
 
 
 def test_bench_diagnostics_reports_tokens_progress_and_the_thinking_budget(

@@ -117,8 +117,9 @@ def smol_daemon(start_daemon, smollm2_dir, smol_engine, small_registry, client_f
     path, prefix = small_registry
     model = {"path": str(smollm2_dir), "name": "SmolLM2-135M-Instruct", "no_think": GREEDY}
     daemon = start_daemon(
-        make_settings(smollm2_dir, model=model, devices={"registry": str(path)}), use_engine=smol_engine
-    )
+        make_settings(smollm2_dir, model=model, devices={"registry": str(path)}, commands={"local": False}),
+        use_engine=smol_engine,
+    )  # the model path: templates and rules are tested in test_commands_pipeline.py
     client = client_for(daemon.base, timeout=120)
     client.subscribe(f"{prefix}/+/set")
     return daemon, client, prefix

@@ -84,7 +84,7 @@ def test_relevance_by_name_context_or_abnormality():
 
 
 def test_relevance_by_registry_names_areas_plurals_and_typos():
-    """The registry's names, aliases and areas find a device's sensors; so do "pump3", "pumps 1 and 2" and small typos."""
+    """Registry names, aliases and areas find a device's sensors; so do "pump3", "pumps 1 and 2" and small typos."""
     now = [0.0]
     store = _store(lambda: now[0])
     for p in ("pump_1", "pump_2", "pump_3", "pump_4"):

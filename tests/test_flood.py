@@ -109,8 +109,8 @@ def test_flood_is_answered_busy_with_bounded_memory(tmp_path, tiny_model_dir):
             f"(edged used {cpu:.1f} s CPU): {dict(statuses)}"
         )
         print(
-            f"flood: edged RSS idle {rss_idle_kib / 1024:.1f} MiB, peak {peak_kib / 1024:.1f} MiB (+{growth_mb:.1f} MiB), "
-            f"queue_size {QUEUE_SIZE}, receive_maximum 64"
+            f"flood: edged RSS idle {rss_idle_kib / 1024:.1f} MiB, peak {peak_kib / 1024:.1f} MiB "
+            f"(+{growth_mb:.1f} MiB), queue_size {QUEUE_SIZE}, receive_maximum 64"
         )
         assert set(per_id) == set(ids), f"{len(set(ids) - set(per_id))} requests unanswered"
         assert max(per_id.values()) == 1, "a request was answered twice"

@@ -172,8 +172,8 @@ def test_stats_are_published_retained_every_interval(start_daemon, client_for, b
 
 
 def test_home_assistant_discovery_describes_status_and_stats(start_daemon, client_for):
-    """Discovery configs (retained) point at the status and stats topics; every template renders on the real
-    documents."""
+    """One device-based discovery config (retained); its health sensors point at the status and stats topics
+    and every template renders on the real documents (the full schema check: tests/test_homeassistant.py)."""
     import jinja2
 
     prefix = f"ha-{uuid.uuid4().hex[:8]}"
@@ -187,35 +187,25 @@ def test_home_assistant_discovery_describes_status_and_stats(start_daemon, clien
         "status": c.wait_for(lambda m: m.topic == f"{d.base}/status" and m.json()["state"] == "online").json(),
         "stats": _stats(c, d.base, lambda body: body["requests_total"] == 1),
     }
-    configs = {m.topic: m.json() for m in c.messages() if m.topic.startswith(prefix + "/")}
+    config = c.wait_for(lambda m: m.topic == f"{prefix}/device/edged_{d.settings.node_id}/config")
     try:
-        assert len(configs) == 10
-        with client_for(d.base) as late:  # retained: a subscriber arriving later gets every config at once
-            late.subscribe(f"{prefix}/#")
-            retained: set[str] = set()
-            late.wait_for(lambda m: m.retained and (retained.add(m.topic) or len(retained) == 10))
-        assert len({cfg["unique_id"] for cfg in configs.values()}) == 10
+        assert config.retained
+        cfg = config.json()
+        assert cfg["device"]["identifiers"] == [f"edged_{d.settings.node_id}"]
+        assert cfg["device"]["model"] == "tiny-qwen3-random" and cfg["origin"]["name"] == "edged"
         env = jinja2.Environment()
-        for topic, cfg in configs.items():
-            object_id = cfg["unique_id"].rsplit(d.settings.node_id + "_")[1]
-            assert topic == f"{prefix}/sensor/edged_{d.settings.node_id}/{object_id}/config"
-            source = cfg["state_topic"].rsplit("/", 1)[1]
-            value = env.from_string(cfg["value_template"]).render(value_json=documents[source])
-            if source == "stats" and cfg["unique_id"].endswith("query_p95"):
+        health = {k: v for k, v in cfg["components"].items() if v.get("entity_category") == "diagnostic"}
+        assert len(health) == 11  # ten sensors and the problem binary sensor
+        for key, comp in health.items():
+            source = comp["state_topic"].rsplit("/", 1)[1]
+            value = env.from_string(comp["value_template"]).render(value_json=documents[source])
+            if key == "query_p95":
                 assert value == "None"  # no query yet: Home Assistant shows unknown
+            elif key == "problem":
+                assert value == "OFF"
             elif source == "stats":
                 float(value)
             else:
-                assert value == "online" and "availability" not in cfg  # the state sensor can show offline
-            for availability in cfg.get("availability", []):
-                assert availability["topic"] == f"{d.base}/status"
-                assert (
-                    env.from_string(availability["value_template"]).render(value_json=documents["status"]) == "online"
-                )
-            assert (
-                cfg["device"]["identifiers"] == [f"edged_{d.settings.node_id}"]
-                and cfg["device"]["model"] == "tiny-qwen3-random"
-            )
+                assert value == "online" and "availability" not in comp  # the state sensor can show offline
     finally:
-        for topic in configs:
-            c.publish(topic, b"", retain=True)  # leave the shared broker clean
+        c.publish(config.topic, b"", retain=True)  # leave the shared broker clean

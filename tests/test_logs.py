@@ -9,20 +9,9 @@ import os
 import signal
 import uuid
 
-import pytest
 import structlog
 
 from edged.ops.logs import MASK, setup_logging, under_journal
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    structlog.reset_defaults()
 
 
 class _Pipe(io.StringIO):
@@ -159,3 +148,9 @@ def test_edged_run_under_journald_never_logs_its_password(broker, tiny_model_dir
     restart = next(e for e in events if e["event"] == "reload_needs_restart")
     assert restart["settings"] == ["mqtt.password"] and lines[events.index(restart)].startswith("<4>")
     assert any(e["logger"] == "paho" and e["level"] == "debug" for e in events)  # packet lines were there to leak
+
+
+def test_events_in_the_test_suite_are_log_records_pytest_captures(caplog):
+    """In the tests, edged's events reach pytest as log records (shown with a failure), not as printed lines."""
+    structlog.get_logger("edged.test").info("captured_event", n=1)
+    assert [r.name for r in caplog.records if "captured_event" in r.getMessage()] == ["edged.test"]

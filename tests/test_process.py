@@ -120,7 +120,8 @@ command_topic = "{prefix}/porch_light/set"
 """
 
 
-# SmolLM2, greedy for commands: "turn on the porch light" reliably becomes a dispatched action (the random model's don't).
+# SmolLM2, greedy for commands: "turn on the porch light" reliably becomes a dispatched action
+# (the random model's don't).
 SMOL_ENV = {
     "EDGED_MODEL__NAME": "SmolLM2-135M-Instruct",
     "EDGED_MODEL__NO_THINK__TEMPERATURE": "0",

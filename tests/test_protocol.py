@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from edged.protocol import ID_PATTERN, ErrorCode, Limits, RequestError, Result, parse_request
+from edged.protocol import ID_PATTERN, ErrorCode, Limits, RequestError, Result, parse_confirm, parse_request
 
 LIMITS = Limits(max_payload_bytes=4096, max_text_chars=100, max_context_bytes=200)
 
@@ -231,3 +231,16 @@ def test_result_json_keeps_set_fields() -> None:
     data = json.loads(Result(id="a2", kind="query", status="ok", mode="think", result={"text": "hi"}).to_json())
     assert data["kind"] == "query" and data["mode"] == "think" and data["result"] == {"text": "hi"}
     assert "reasoning" not in data and "error" not in data and "model" not in data
+
+
+def test_confirm_takes_the_bare_token_as_text() -> None:
+    """A plain-text confirm payload is the token, stripped."""
+    assert parse_confirm(b"  tok-12345678 \n", LIMITS).token == "tok-12345678"
+
+
+@pytest.mark.parametrize("payload", ['{"text": 5}', '{"text": null}', '{"text": ["tok-12345678"]}'])
+def test_confirm_with_a_text_that_is_not_a_string_is_refused(payload: str) -> None:
+    """A confirm object whose only field is a non-string text is a structured error, not a crash."""
+    with pytest.raises(RequestError) as info:
+        parse_confirm(payload.encode(), LIMITS)
+    assert info.value.code in (ErrorCode.UNKNOWN_FIELD, ErrorCode.BAD_TYPE)

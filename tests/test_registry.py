@@ -57,6 +57,26 @@ def _reg(**changes) -> dict:
             },
             "min <= max",
         ),
+        (
+            {
+                "devices": [
+                    {
+                        "id": "l1",
+                        "name": "L",
+                        "area": "a",
+                        "type": "generic",
+                        "actions": {
+                            "go": {
+                                "params": {"mode": {"type": "enum", "values": ["eco", "max"]}},
+                                "payload": "{mode}",
+                                "confirm_if": {"param": "mode", "above": 1},
+                            }
+                        },
+                    }
+                ]
+            },
+            "integer or number",
+        ),
         ({"colour": "red"}, "Extra inputs"),
     ],
 )
@@ -192,3 +212,84 @@ def test_outcomes_of_answers():
     dry, _, dry_sent = _control(dispatch=False)
     out = dry.outcome(reg, "r4", both, dispatch=None)
     assert out.status == "ok" and dry_sent == [] and "confirmation" not in out.result
+
+
+def test_home_types_have_their_actions():
+    """Every type of a real home has the action names all three resolvers use."""
+    from edged.devices.registry import TYPE_ACTIONS
+
+    expected = {
+        "light": {"turn_on", "turn_off"},
+        "dimmer": {"turn_on", "turn_off", "set_brightness"},
+        "color_light": {"turn_on", "turn_off", "set_brightness", "set_color", "set_color_temp"},
+        "media_player": {"turn_on", "turn_off", "play", "pause", "next", "previous", "set_volume"},
+        "vacuum": {"start", "stop", "return_to_base"},
+        "scene": {"activate"},
+        "script": {"activate"},
+        "fan": {"turn_on", "turn_off", "set_speed"},
+        "cover": {"open", "close", "set_position"},
+        "valve": {"open", "close", "set_position"},
+    }
+    for dtype, names in expected.items():
+        assert set(TYPE_ACTIONS[dtype]) == names, dtype
+
+
+def _one(reg, item):
+    return parse_answer(reg, output_model(reg), json.dumps({"actions": [item], "say": ""}))[0][0]
+
+
+def test_color_light_payloads_are_computed_from_names_and_kelvin():
+    """A colour name is sent as its hex value, a colour temperature as mireds; unknown colours are refused."""
+    reg = load_registry(CONFIG / "registry-home.toml")
+    colour = reg.device("kids_color_lamp").all_actions()["set_color"]
+    assert render_payload(colour.payload, colour.template_values({"color": "purple"})) == (
+        b'{"state":"ON","color":{"hex":"#8000FF"}}'
+    )
+    temp = reg.device("kids_color_lamp").all_actions()["set_color_temp"]
+    assert render_payload(temp.payload, temp.template_values({"kelvin": 2500})) == b'{"state":"ON","color_temp":400}'
+    resolved = _one(reg, {"device": "kids_color_lamp", "action": "set_color_temp", "params": {"kelvin": 4000}})
+    assert resolved.payload == b'{"state":"ON","color_temp":250}'  # what a validated answer dispatches
+    for bad in ({"color": "mauve"}, {"kelvin": 9000}):
+        action = "set_color" if "color" in bad else "set_color_temp"
+        with pytest.raises(InvalidAnswer):
+            _one(reg, {"device": "kids_color_lamp", "action": action, "params": bad})
+
+
+def test_derived_values_must_come_from_a_parameter():
+    with pytest.raises(ValidationError, match="derive"):
+        Registry.model_validate(
+            _reg(
+                devices=[
+                    {
+                        "id": "l1",
+                        "name": "L",
+                        "area": "a",
+                        "type": "generic",
+                        "actions": {"go": {"payload": "{x}", "derive": {"x": {"fn": "hex", "param": "color"}}}},
+                    }
+                ]
+            )
+        )
+
+
+def test_vacuum_cleans_only_its_zones():
+    """clean_area takes the vacuum's zones (area ids from the file); other areas and zones on non-vacuums fail."""
+    reg = load_registry(CONFIG / "registry-home.toml")
+    done = _one(reg, {"device": "robot_vacuum", "action": "clean_area", "params": {"area": "kitchen"}})
+    assert json.loads(done.payload) == {"state": "CLEAN", "area": "kitchen"}
+    with pytest.raises(InvalidAnswer):
+        _one(reg, {"device": "robot_vacuum", "action": "clean_area", "params": {"area": "garage"}})
+    vac = {"id": "v", "name": "V", "area": "a", "type": "vacuum"}
+    with pytest.raises(ValidationError, match="not areas"):
+        Registry.model_validate(_reg(devices=[{**vac, "zones": ["a", "moon"]}]))
+    with pytest.raises(ValidationError, match="only a vacuum"):
+        Registry.model_validate(_reg(devices=[{"id": "l", "name": "L", "area": "a", "type": "light", "zones": ["a"]}]))
+    assert "clean_area" not in Registry.model_validate(_reg(devices=[vac])).device("v").all_actions()
+
+
+def test_scenes_scripts_and_valve_positions():
+    reg = load_registry(CONFIG / "registry-home.toml")
+    assert _one(reg, {"device": "movie_night", "action": "activate", "params": {}}).payload == b'{"scene_recall":1}'
+    assert _one(reg, {"device": "morning_routine", "action": "activate", "params": {}}).payload == b'{"state":"ON"}'
+    held = _one(reg, {"device": "sprinkler", "action": "set_position", "params": {"position": 40}})
+    assert held.payload == b'{"position":40}' and held.needs_confirmation

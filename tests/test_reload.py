@@ -31,7 +31,7 @@ def test_plan_applies_runtime_settings_and_keeps_restart_only_ones():
     assert outcome.ok and outcome.restart_required == ["mqtt.host", "requests.queue_size"]
     assert outcome.applied == [
         "log.level",
-        "log.levels.edged.bus.mqtt",
+        "log.levels.edged.bus",
         "model.no_think.max_tokens",
         "model.no_think.temperature",
         "requests.max_text_chars",
@@ -89,7 +89,8 @@ discovery = true
 def test_sighup_and_admin_reload_swap_settings_without_dropping_queued_requests(
     broker, tiny_model_dir, tmp_path, client_for, notify_socket
 ):
-    """SIGHUP mid-queue: every queued query is answered; new limits and sampling apply; an invalid file keeps the running one."""
+    """SIGHUP mid-queue: every queued query is answered; new limits and sampling apply;
+    an invalid file keeps the running one."""
     node_id = f"rl-{uuid.uuid4().hex[:8]}"
     base = f"edged/{node_id}"
     config = write_config(tmp_path / "edged.toml", tiny_model_dir, node_id, RELOAD_BASE)

@@ -1,4 +1,5 @@
-"""Service files: the systemd unit passes systemd-analyze, launchd plists parse, both start the real CLI; credentials."""
+"""Service files: the systemd unit passes systemd-analyze, launchd plists parse, both start the real CLI;
+credentials."""
 
 from __future__ import annotations
 
@@ -133,7 +134,8 @@ def test_password_from_the_credentials_directory(tmp_path):
 
 
 def test_edged_run_logs_in_with_the_credential_and_never_logs_it(tiny_model_dir, tmp_path):
-    """A broker that needs a password: edged reads it from $CREDENTIALS_DIRECTORY and comes online; not a log line has it."""
+    """A broker that needs a password: edged reads it from $CREDENTIALS_DIRECTORY and comes online;
+    not a log line has it."""
     secret = f"pw-{uuid.uuid4().hex}"
     passwords = tmp_path / "passwd"
     passwords.write_text(f"edged:{secret}\nprobe:probe\n")

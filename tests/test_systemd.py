@@ -1,4 +1,4 @@
-"""`edged run` under systemd's notify protocol: readiness, status lines, watchdog, stopping — on a real NOTIFY_SOCKET."""
+"""`edged run` under systemd's notify protocol: readiness, status lines, watchdog, stopping, on a real NOTIFY_SOCKET."""
 
 from __future__ import annotations
 

@@ -309,7 +309,8 @@ def test_config_check_shows_tls_and_never_the_password(pki, tmp_path):
     config = tmp_path / "edged.toml"
     config.write_text(
         f'[mqtt]\nusername = "edged"\npassword = "hunter2"\nport = 8883\n'
-        f'[mqtt.tls]\nenabled = true\nca_file = "{pki.ca.ca_file}"\ncert_file = "{pki.edged.cert}"\nkey_file = "{pki.edged.key}"\n'
+        f'[mqtt.tls]\nenabled = true\nca_file = "{pki.ca.ca_file}"\n'
+        f'cert_file = "{pki.edged.cert}"\nkey_file = "{pki.edged.key}"\n'
     )
     out = subprocess.run(
         [sys.executable, "-m", "edged.cli", "config", "check", "--config", str(config)],

@@ -64,7 +64,7 @@ def main(job_path: str) -> None:
 
     job = json.loads(Path(job_path).read_text())
     started = time.perf_counter()
-    model, tokenizer = load(job["model"])
+    model, tokenizer = load(job["model"])[:2]  # (model, tokenizer), plus the config when asked for
     load_s = time.perf_counter() - started
     prompts = [
         list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, enable_thinking=False, tokenize=True))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 import uuid
@@ -61,7 +62,10 @@ def _toml_value(v: Any) -> str:
 
 
 def pump_line_example() -> dict[str, Any]:
-    from edged.devices.registry import tomllib
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
 
     return tomllib.loads((CONFIG / "edged-pump-line.toml").read_text(encoding="utf-8"))
 
@@ -236,15 +240,21 @@ def render(doc: dict[str, Any]) -> str:
         ", ".join(f"{k}: {v}" for k, v in s["thinking_closed_by"].items())
         or "no thinking (model without a thinking mode)"
     )
+    ten = doc["ten_sensors"]
     lines = [
-        f"edged bench-diagnostics: {doc['model']}, fault {doc['fault']} on pump {doc['fault_pump']}, {doc['readings']} readings",
-        f"  queries                      {s['queries']} x {doc['question']!r}: ok {s['ok']}, statuses {s['statuses']}, mode {s['mode']}",
+        f"edged bench-diagnostics: {doc['model']}, fault {doc['fault']} on pump {doc['fault_pump']}, "
+        f"{doc['readings']} readings",
+        f"  queries                      {s['queries']} x {doc['question']!r}: ok {s['ok']}, "
+        f"statuses {s['statuses']}, mode {s['mode']}",
         f"  prompt tokens (p50)          {s['prompt_tokens']} (telemetry budget {doc['telemetry_tokens']} tokens)",
-        f"  10-sensor query              {doc['ten_sensors']['sensors']} sensors, {doc['ten_sensors']['prompt_tokens']} prompt tokens ({doc['ten_sensors']['status']})",
-        f"  first progress message       p50 {s['first_progress_ms_p50']} ms, max {s['first_progress_ms_max']} ms after publishing",
+        f"  10-sensor query              {ten['sensors']} sensors, {ten['prompt_tokens']} prompt tokens "
+        f"({ten['status']})",
+        f"  first progress message       p50 {s['first_progress_ms_p50']} ms, "
+        f"max {s['first_progress_ms_max']} ms after publishing",
         f"  </think> closed by           {closed} (budget {doc['thinking_budget']} tokens)",
         f"  reasoning / completion p50   {s['reasoning_tokens_p50']} / {s['completion_tokens_p50']} tokens",
-        f"  latency                      p50 {s['latency_ms_p50']} ms, p95 {s['latency_ms_p95']} ms (model load {doc['load_s']} s)",
+        f"  latency                      p50 {s['latency_ms_p50']} ms, p95 {s['latency_ms_p95']} ms "
+        f"(model load {doc['load_s']} s)",
         "  example result:",
     ]
     example = dict(doc["example"] or {})

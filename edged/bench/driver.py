@@ -13,6 +13,7 @@ from typing import Any
 import structlog
 
 from edged.bus.client import EdgedClient
+from edged.ops.progressbar import bar, progress
 
 log = structlog.get_logger("edged.bench")
 
@@ -92,7 +93,7 @@ class Driver:
     def idle(self, texts: list[str]) -> list[Sample]:
         """One command at a time, nothing else running."""
         out = []
-        for i, text in enumerate(texts):
+        for i, text in enumerate(progress(texts, desc="idle commands", unit="cmd")):
             out.append(self.command(text))
             log.info("bench_command", phase="idle", n=i + 1, of=len(texts), ms=round(out[-1].caller_ms))
         return out
@@ -146,15 +147,18 @@ class Driver:
                     sample = self.command(text)
                     with lock:
                         samples.append(sample)
+                        counter.update(1)
             except BaseException as exc:  # surfaced after join
                 failures.append(exc)
 
         started = time.monotonic()
+        counter = bar(total=len(texts), desc=f"throughput x{concurrency}", unit="cmd")
         threads = [threading.Thread(target=caller, name=f"bench-caller-{i}") for i in range(concurrency)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+        counter.close()
         wall = time.monotonic() - started
         if failures:
             raise failures[0]

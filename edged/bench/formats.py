@@ -55,7 +55,8 @@ def main() -> None:
     parser.add_argument("--child", nargs=2, metavar=("BLAS", "DTYPE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(*args.child, args.runs)
+        blas, dtype = args.child
+        child(blas, dtype, args.runs)
         return
     rows = []
     for blas, dtype in COMBINATIONS:
@@ -69,7 +70,8 @@ def main() -> None:
         print(f"measured blas={blas} dtype={dtype}", file=sys.stderr, flush=True)
     base = rows[0]["total_s"]
     print(
-        f"{'blas':6} {'weights':8} {'prompt':>6} {'new':>4} {'prefill s':>9} {'decode s':>8} {'total s':>8} {'speed-up':>8}"
+        f"{'blas':6} {'weights':8} {'prompt':>6} {'new':>4} "
+        f"{'prefill s':>9} {'decode s':>8} {'total s':>8} {'speed-up':>8}"
     )
     for r in rows:
         print(

@@ -90,6 +90,19 @@ def cache(samples: list[Sample], stats: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def local_path(samples: list[Sample]) -> dict[str, Any]:
+    """Commands resolved without generation: edged's timing_ms.total and the caller's latency."""
+    done = [s for s in samples if not s.ran and s.status in ("ok", "needs_confirmation")]
+    totals = [s.timing.get("total", 0.0) for s in done]
+    return {
+        "count": len(done),
+        "of": len(samples),
+        "total_p50_ms": _r(percentile(totals, 50)),
+        "total_p95_ms": _r(percentile(totals, 95)),
+        "caller_p50_ms": _r(percentile([s.caller_ms for s in done], 50)),
+    }
+
+
 def edged_figures(
     phases: dict[str, Any], stats: dict[str, Any], peak_rss_mb: float | None, load_s: float
 ) -> dict[str, Any]:
@@ -110,6 +123,7 @@ def edged_figures(
     ]
     queries = phases["queries"]
     return {
+        "local_path": local_path(phases.get("local", [])),
         "first_command_ms": _r(phases["warmup"].caller_ms),  # the first after start-up (model.warm_up prepared it)
         "idle": {
             **latency([s.caller_ms for s in idle]),
@@ -162,10 +176,10 @@ def ratios(
     }
     for name, ref in (("baseline", baseline), ("llama_cpp", llama)):
         ok = ref is not None and "rows" in ref
-        out[f"p50_vs_{name}"] = _ratio(edged["idle"]["p50_ms"], ref["p50_ms"]) if ok else None
-        out[f"p95_vs_{name}"] = _ratio(edged["idle"]["p95_ms"], ref["p95_ms"]) if ok else None
+        out[f"p50_vs_{name}"] = _ratio(edged["idle"]["p50_ms"], ref["p50_ms"]) if ref and ok else None
+        out[f"p95_vs_{name}"] = _ratio(edged["idle"]["p95_ms"], ref["p95_ms"]) if ref and ok else None
         for k in ("prompt_tok_s", "decode_tok_s", "peak_rss_mb"):
-            out[f"{k}_vs_{name}"] = _ratio(edged.get(k), ref.get(k)) if ok else None
+            out[f"{k}_vs_{name}"] = _ratio(edged.get(k), ref.get(k)) if ref and ok else None
     return out
 
 

@@ -25,11 +25,20 @@ from edged.bench import llamacpp, production, report, table
 from edged.bench.baseline import run_child
 from edged.bench.daemon import BenchDaemon, DaemonConfig
 from edged.bench.driver import Driver, Sample
-from edged.bench.workload import DEFAULT_CASES, DEFAULT_REGISTRY, THINKING_QUERY, command_messages, load_workload
+from edged.bench.workload import (
+    DEFAULT_CASES,
+    DEFAULT_REGISTRY,
+    THINKING_QUERY,
+    case_texts,
+    command_messages,
+    load_workload,
+    resolved_without_model,
+)
 
 log = structlog.get_logger("edged.bench")
 QUICK = {
     "requests": 3,
+    "local_requests": 10,
     "during_query": 2,
     "throughput_requests": 8,
     "max_tokens": 16,
@@ -54,6 +63,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--cases", type=Path, default=DEFAULT_CASES, help='JSONL with a command text per line ({"text": ...})'
     )
     p.add_argument("--requests", type=int, default=10, help="idle commands, one at a time")
+    p.add_argument(
+        "--local-requests", type=int, default=30, help="commands the templates and rules resolve, one at a time"
+    )
     p.add_argument("--during-query", type=int, default=3, help="commands sent while a long query is generating")
     p.add_argument("--throughput-requests", type=int, default=8, help="commands per concurrency level")
     p.add_argument("--concurrency", default="1,4,8", help="comma-separated concurrency levels")
@@ -140,9 +152,13 @@ def drive(args: argparse.Namespace, model: ModelChoice, workdir: Path, engine: s
         args.thinking_budget,
         engine,
     )
+    texts = case_texts(args.cases)
+    local = resolved_without_model(args.registry, texts)
+    left = set(texts) - local or None  # the model phases measure the model: commands the pipeline leaves to it
     workload = load_workload(
-        args.cases, seed=args.seed, n=max(args.requests, args.during_query, args.throughput_requests)
+        args.cases, seed=args.seed, n=max(args.requests, args.during_query, args.throughput_requests), keep=left
     )
+    local_texts = load_workload(args.cases, seed=args.seed, n=args.local_requests, keep=local).commands if local else []
     daemon = BenchDaemon(config.toml(), node, workdir)
     try:
         with EdgedClient(daemon.base, host=args.host, port=args.port, timeout=30) as client:
@@ -152,6 +168,7 @@ def drive(args: argparse.Namespace, model: ModelChoice, workdir: Path, engine: s
             # The first command after start-up is reported apart, not as idle latency (without model.warm_up
             # it builds the grammar and the prefix cache).
             phases: dict[str, Any] = {"warmup": driver.command(workload.take(1, len(workload.commands) - 1)[0])}
+            phases["local"] = driver.idle(local_texts)  # resolved by templates or rules: no generation
             phases["idle"] = driver.idle(workload.take(args.requests))
             phases["during_query"], phases["queries"] = driver.during_query(
                 workload.take(args.during_query, args.requests), THINKING_QUERY, max_queries=args.during_query + 1
@@ -211,7 +228,7 @@ def references(
             )
         except subprocess.CalledProcessError as exc:  # a broken build must not cost the rest of the run
             reason = f"the llama.cpp process failed (exit code {exc.returncode}; see {workdir / 'llamacpp.log'})"
-    if reason is None:
+    if reason is None and model.gguf is not None:
         out["llama_cpp"] = report.reference_figures(ref)
         out["notes"].append(
             f"llama.cpp: {model.gguf.name}, all {len(budgets)} idle prompts, one Llama object (prompt reuse), "
@@ -262,6 +279,7 @@ def run(args: argparse.Namespace) -> int:
         json.dumps(
             {  # kept even if a slow reference run is interrupted
                 "warmup": phases["warmup"].as_dict(),
+                "local": [s.as_dict() for s in phases["local"]],
                 "idle": [s.as_dict() for s in idle],
                 "during_query": [s.as_dict() for s in phases["during_query"]],
                 "queries": [s.as_dict() for s in phases["queries"]],
@@ -288,7 +306,8 @@ def run(args: argparse.Namespace) -> int:
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     machine = f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores"
     doc = {
-        "title": f"edged bench: {model.name} on {args.registry.name} ({devices} devices, prompt ~{edged['usage_p50']['prompt_tokens']} tokens), "
+        "title": f"edged bench: {model.name} on {args.registry.name} "
+        f"({devices} devices, prompt ~{edged['usage_p50']['prompt_tokens']} tokens), "
         f"seed {args.seed}, {when}, {machine}",
         "meta": {
             "date": when,
@@ -322,6 +341,7 @@ def run(args: argparse.Namespace) -> int:
         ],
         "samples": {
             "warmup": measured["phases"]["warmup"].as_dict(),
+            "local": [s.as_dict() for s in measured["phases"]["local"]],
             "idle": [s.as_dict() for s in idle],
             "during_query": [s.as_dict() for s in measured["phases"]["during_query"]],
             "queries": [s.as_dict() for s in measured["phases"]["queries"]],

@@ -4,7 +4,8 @@
 - 8 concurrent commands decoded as one batch vs the same 8 one after another;
 - sampled vs grammar-forced tokens per command (jump-forward).
 
-Run: ``python -u -m edged.bench.scheduling [--batch-only] [model_dir]`` (default: the demo model, imported on first use).
+Run: ``python -u -m edged.bench.scheduling [--batch-only] [model_dir]`` (default: the demo model, imported on first
+use).
 Figures are printed; nothing is asserted. The machine's other load changes them: compare within one run.
 """
 
@@ -24,6 +25,7 @@ from edged.devices.actions import output_model  # noqa: E402
 from edged.devices.prompts import device_messages  # noqa: E402
 from edged.devices.registry import load_registry  # noqa: E402
 from edged.engine.mlx import MlxEngine  # noqa: E402
+from edged.engine.types import Generation  # noqa: E402
 from edged.models.store import ensure_demo_model  # noqa: E402
 from edged.prompts import build_messages  # noqa: E402
 from edged.settings import ModelSettings, NoThinkSampling  # noqa: E402
@@ -45,10 +47,15 @@ UTTERANCES = [
 ]
 
 
-def command(engine: MlxEngine, text: str, **kw):
+def command(engine: MlxEngine, text: str, *, jump_forward: bool | None = None) -> tuple[Generation, float]:
     started = time.perf_counter()
     gen = engine.generate(
-        device_messages(REGISTRY, text, states={}), "no_think", COMMAND, schema=SCHEMA, priority="high", **kw
+        device_messages(REGISTRY, text, states={}),
+        "no_think",
+        COMMAND,
+        schema=SCHEMA,
+        priority="high",
+        jump_forward=jump_forward,
     )
     return gen, time.perf_counter() - started
 
@@ -76,12 +83,14 @@ def per_command(engine: MlxEngine) -> None:
         alone.append(seconds)
         print(
             f"{text!r:42} completion={gen.completion_tokens:3} sampled={gen.completion_tokens - gen.forced_tokens:3} "
-            f"forced={gen.forced_tokens:3} steps={gen.steps:3} cached={gen.cached_tokens}/{gen.prompt_tokens} {seconds:.2f}s"
+            f"forced={gen.forced_tokens:3} steps={gen.steps:3} cached={gen.cached_tokens}/{gen.prompt_tokens} "
+            f"{seconds:.2f}s"
         )
         if i == 0:
             stepped, stepped_s = command(engine, text, jump_forward=False)
             print(
-                f"{'  the same without jump-forward':42} steps={stepped.steps:3} {stepped_s:.2f}s same answer: {stepped.answer == gen.answer}"
+                f"{'  the same without jump-forward':42} steps={stepped.steps:3} {stepped_s:.2f}s "
+                f"same answer: {stepped.answer == gen.answer}"
             )
 
     print("== command latency while a query decodes ==")
@@ -136,8 +145,8 @@ def batch(engine: MlxEngine) -> None:
     same = sum(a.tokens == b.tokens for a, b in zip(sequential, batched))
     print(
         f"sequential {seq_s:.1f}s ({tokens / seq_s:.1f} tok/s), concurrent {batch_s:.1f}s "
-        f"({sum(g.completion_tokens for g in batched) / batch_s:.1f} tok/s), largest batch {engine.scheduler.largest_batch}, "
-        f"identical outputs {same}/{len(UTTERANCES)}"
+        f"({sum(g.completion_tokens for g in batched) / batch_s:.1f} tok/s), "
+        f"largest batch {engine.scheduler.largest_batch}, identical outputs {same}/{len(UTTERANCES)}"
     )
 
 

@@ -34,6 +34,11 @@ def render(doc: dict[str, Any]) -> str:
         cells = [_fmt(ev, spec), _fmt(bv, spec), _ratio(ev, bv), _fmt(ov, spec), _fmt(lv, spec), _ratio(ov, lv)]
         lines.append(f"{label:44}" + "".join(f"{c:>13}" for c in cells))
 
+    lp = e.get("local_path") or {}
+    if lp.get("count"):
+        row(f"local path timing.total p50 ms ({lp['count']}/{lp['of']} cmds)", lp["total_p50_ms"])
+        row("local path timing.total p95 ms", lp["total_p95_ms"])
+        row("local path caller p50 ms", lp["caller_p50_ms"])
     row("first command ms (after start-up)", e["first_command_ms"], key=lambda x: x["first_command_ms"])
     for p in ("p50", "p95", "p99"):
         row(

@@ -39,9 +39,14 @@ class Workload:
         return [self.commands[(start + i) % len(self.commands)] for i in range(n)]
 
 
-def load_workload(cases: Path, *, seed: int, n: int) -> Workload:
-    """``n`` command texts drawn from a JSONL set (``{"text": ...}`` per line) in a seeded order."""
-    texts = [json.loads(line)["text"] for line in cases.read_text().splitlines() if line.strip()]
+def case_texts(cases: Path) -> list[str]:
+    return [json.loads(line)["text"] for line in cases.read_text().splitlines() if line.strip()]
+
+
+def load_workload(cases: Path, *, seed: int, n: int, keep: set[str] | None = None) -> Workload:
+    """``n`` command texts drawn from a JSONL set (``{"text": ...}`` per line) in a seeded order;
+    ``keep``: only these texts (e.g. the ones the templates and rules leave to the model)."""
+    texts = [t for t in case_texts(cases) if keep is None or t in keep]
     if not texts:
         raise ValueError(f"{cases}: no commands")
     rng = random.Random(seed)
@@ -62,3 +67,18 @@ def command_messages(registry: Path, texts: list[str]) -> list[list[dict[str, st
         RegistryStore(registry), DeviceStates(), Confirmations(60), lambda _t, _p: None, dispatch_default=False
     )
     return [control.prepare(text, context=None, history=())[1] for text in texts]
+
+
+def resolved_without_model(registry: Path, texts: list[str]) -> set[str]:
+    """The texts edged answers without generation (resolved by templates or rules, or refused as naming
+    nothing in the registry): the daemon's pipeline, run in this process."""
+    from edged.devices.commands import DeviceControl
+    from edged.devices.confirmations import Confirmations
+    from edged.devices.registry import RegistryStore
+    from edged.devices.state import DeviceStates
+
+    control = DeviceControl(
+        RegistryStore(registry), DeviceStates(), Confirmations(60), lambda _t, _p: None, dispatch_default=False
+    )
+    control.warm_up()
+    return {t for t in texts if control.try_resolve("bench", t, dispatch=False) is not None}

@@ -10,7 +10,7 @@ import ssl
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +18,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from edged.bus.tcp import no_delay
 
@@ -99,7 +100,9 @@ class EdgedClient:
     def subscribe(self, topic: str) -> None:
         done = threading.Event()
         with self._cond:
-            _, mid = self._client.subscribe(topic, qos=1)
+            rc, mid = self._client.subscribe(topic, qos=1)
+            if mid is None:
+                raise ConnectionError(f"cannot subscribe to {topic}: {rc}")
             self._acks[mid] = done
         if not done.wait(self.timeout):
             raise TimeoutError(f"no SUBACK for {topic}")
@@ -162,7 +165,7 @@ class EdgedClient:
         with self._cond:
             return [m for m in self._received if topic is None or m.topic == topic]
 
-    def request(self, kind: str, body: dict[str, Any], *, timeout: float | None = None) -> dict[str, Any]:
+    def request(self, kind: str, body: Mapping[str, object], *, timeout: float | None = None) -> dict[str, Any]:
         """Publish a request on ``{base}/{kind}`` and return its result from ``{base}/result/{id}``."""
         body = {"id": uuid.uuid4().hex[:12], **body}
         topic = f"{self.base}/result/{body['id']}"
@@ -178,8 +181,8 @@ class EdgedClient:
         if reason is not None:
             raise PermissionError(f"the broker refused the {what}: {reason}")
 
-    def _ack(self, mid: int, reasons: list[Any]) -> None:
-        failed = [str(r) for r in reasons if getattr(r, "is_failure", False)]
+    def _ack(self, mid: int, reasons: list[ReasonCode]) -> None:
+        failed = [str(r) for r in reasons if r.is_failure]
         with self._cond:
             if failed:
                 self._refused[mid] = ", ".join(failed)
@@ -187,7 +190,7 @@ class EdgedClient:
         if event:
             event.set()
 
-    def _on_message(self, _client: Any, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
+    def _on_message(self, _client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
         props = getattr(msg, "properties", None)
         correlation = getattr(props, "CorrelationData", None) if props else None
         received = Received(msg.topic, bytes(msg.payload), bool(msg.retain), correlation, time.monotonic())

@@ -13,21 +13,24 @@ import ssl
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import ParamSpec
 
 import paho.mqtt.client as mqtt
 import structlog
+from paho.mqtt.client import ConnectFlags, DisconnectFlags
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edged.bus.tcp import no_delay
 from edged.bus.tls import refusal, report_errors
 
 log = structlog.get_logger("edged.bus")
+_P = ParamSpec("_P")
 
 # CONNACK reason codes after which retrying cannot help: client id not valid, bad user name or password,
 # not authorised, banned, bad authentication method (paho maps MQTT 3.1.1's codes 2, 4 and 5 to 133, 134, 135).
@@ -142,7 +145,7 @@ class Bus:
         return client
 
     # -- lifecycle -------------------------------------------------------------------------
-    def start(self, subscriptions: list[str], *, watch: list[str] = ()) -> None:
+    def start(self, subscriptions: list[str], *, watch: Sequence[str] = ()) -> None:
         """Connect in the background; paho retries with backoff until the broker answers.
 
         ``subscriptions`` are request topics (retained messages there are not wanted);
@@ -247,19 +250,19 @@ class Bus:
             pending.done.set()
 
     # -- paho callbacks (network thread) ---------------------------------------------------
-    def _guard(self, handler: Callable[..., None]) -> Callable[..., None]:
+    def _guard(self, handler: Callable[_P, None]) -> Callable[_P, None]:
         """A failing handler logs and returns: it never takes the network thread down."""
 
-        def wrapped(*args: Any) -> None:
+        def wrapped(*args: _P.args, **kwargs: _P.kwargs) -> None:
             try:
-                handler(*args)
+                handler(*args, **kwargs)
             except Exception:
                 log.exception("mqtt_callback_failed", callback=handler.__name__)
 
         return wrapped
 
     # -- connection failures: fatal ones stop the retries, transient ones back off ------------
-    def _fatal(self, event: str, reason: str, **fields: Any) -> None:
+    def _fatal(self, event: str, reason: str, **fields: object) -> None:
         """The broker will refuse edged the same way on every attempt: say why once, stop retrying, tell the owner."""
         if self.failure is not None:
             return
@@ -280,7 +283,7 @@ class Bus:
         if reason is not None:
             self._fatal("mqtt_tls_failed", reason, error=str(exc), tls_reason=getattr(exc, "reason", None))
 
-    def _handle_connect_fail(self, _client: Any, _userdata: Any) -> None:
+    def _handle_connect_fail(self, _client: mqtt.Client, _userdata: object) -> None:
         """paho could not open the connection (TCP or TLS); it runs this inside its ``except OSError`` block."""
         if self.failure is not None or self._stopped:
             return
@@ -294,7 +297,9 @@ class Bus:
         log.warning("mqtt_connect_failed", error=repr(exc), attempt=self._attempt, retry_in_s=delay)
         self._on_waiting(self._attempt, delay)
 
-    def _handle_connect(self, client: mqtt.Client, _userdata: Any, flags: Any, reason: Any, _props: Any) -> None:
+    def _handle_connect(
+        self, client: mqtt.Client, _userdata: object, flags: ConnectFlags, reason: ReasonCode, _props: Properties | None
+    ) -> None:
         if reason.is_failure:
             if reason.value in AUTH_FAILURES:
                 self._fatal("mqtt_auth_failed", str(reason), code=reason.value, username=self._config.username)
@@ -333,7 +338,9 @@ class Bus:
             ]  # MQTT 5 forbids No Local on a shared subscription
         )[1]
 
-    def _handle_subscribe(self, _client: Any, _userdata: Any, mid: int, reasons: list[Any], _props: Any) -> None:
+    def _handle_subscribe(
+        self, _client: mqtt.Client, _userdata: object, mid: int, reasons: list[ReasonCode], _props: Properties | None
+    ) -> None:
         failed = [str(r) for r in reasons if r.is_failure]
         if failed:
             log.error("mqtt_subscribe_refused", topics=list(self._subscriptions), reasons=failed)
@@ -343,7 +350,14 @@ class Bus:
             self.connected.set()
             self._on_ready()
 
-    def _handle_disconnect(self, _client: Any, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
+    def _handle_disconnect(
+        self,
+        _client: mqtt.Client,
+        _userdata: object,
+        _flags: DisconnectFlags,
+        reason: ReasonCode,
+        _props: Properties | None,
+    ) -> None:
         was_connected = self.connected.is_set()
         self.connected.clear()
         if was_connected:
@@ -356,7 +370,9 @@ class Bus:
         self._session_up = False
         log.warning("mqtt_disconnected", reason=str(reason), attempt=self._attempt, retry_in_s=self._retry_in())
 
-    def _handle_publish(self, _client: Any, _userdata: Any, mid: int, _reason: Any, _props: Any) -> None:
+    def _handle_publish(
+        self, _client: mqtt.Client, _userdata: object, mid: int, _reason: ReasonCode, _props: Properties
+    ) -> None:
         with self._lock:
             pending = self._pending.pop(mid, None)
             if pending is None:
@@ -364,7 +380,7 @@ class Bus:
         if pending is not None:
             self._complete(pending)
 
-    def _handle_message(self, _client: Any, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
+    def _handle_message(self, _client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
         props = getattr(msg, "properties", None)
         response_topic = getattr(props, "ResponseTopic", None) if props else None
         correlation = getattr(props, "CorrelationData", None) if props else None

@@ -7,13 +7,12 @@ the caller's client send at once; the broker needs the same (Mosquitto: ``set_tc
 
 from __future__ import annotations
 
+import contextlib
 import socket
-from typing import Any
 
 
-def no_delay(_client: Any, _userdata: Any, sock: Any) -> None:
+def no_delay(_client: object, _userdata: object, sock: object) -> None:
     """paho ``on_socket_open`` callback: turn Nagle's algorithm off on the new connection."""
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except (OSError, AttributeError):  # not a TCP socket (e.g. a unix socket or websockets wrapper)
-        pass
+    if isinstance(sock, socket.socket):  # TLS sockets too; a websockets wrapper has nothing to turn off
+        with contextlib.suppress(OSError):  # not a TCP socket (e.g. a unix socket)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import ssl
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
@@ -75,16 +74,16 @@ def report_errors(context: ssl.SSLContext, report: Callable[[ssl.SSLError], None
     """
 
     class ReportingSocket(ssl.SSLSocket):
-        def do_handshake(self, *args: Any, **kwargs: Any) -> None:
+        def do_handshake(self, block: bool = False) -> None:
             try:
-                super().do_handshake(*args, **kwargs)
+                super().do_handshake(block)
             except ssl.SSLError as exc:
                 report(exc)
                 raise
 
-        def recv(self, *args: Any, **kwargs: Any) -> bytes:
+        def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
             try:
-                return super().recv(*args, **kwargs)
+                return super().recv(buflen, flags)
             except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
                 raise
             except ssl.SSLError as exc:

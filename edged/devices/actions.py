@@ -11,16 +11,18 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from edged.devices.registry import Action, Device, Param, Registry, on_step
+from edged.typeforms import any_of, one_of
 
 MAX_ACTIONS = 6
 MAX_SAY = 160
+GROUNDED_SAY = 48  # grounded answers: the candidates are known, a short sentence is enough
 ALL_AREAS = "all"
 
 
@@ -28,7 +30,9 @@ class _Closed(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def _param_type(p: Param) -> Any:
+def _param_type(p: Param, heard: Any = None) -> Any:
+    if heard is not None and _fits(p, heard):  # grounded: the value the words carry, and no other
+        return Literal[int(heard) if p.type == "integer" else heard]
     if p.type == "integer":
         return Annotated[int, Field(ge=int(p.min), le=int(p.max))]  # type: ignore[arg-type]
     if p.type == "number":  # bounded precision: unbounded decimals let sampling run on digits forever
@@ -40,7 +44,7 @@ def _param_type(p: Param) -> Any:
     if p.type == "boolean":
         return bool
     if p.type == "enum":
-        return Literal[tuple(p.values)]  # type: ignore[misc]
+        return one_of(p.values or ())
     return Annotated[str, Field(max_length=p.max_length)]
 
 
@@ -50,8 +54,18 @@ def _check_step(value: float, step: float) -> float:
     return round(value, 6)
 
 
-def _params_model(name: str, action: Action) -> type[BaseModel]:
-    fields = {p: (_param_type(spec), ...) for p, spec in action.params.items()}
+def _fits(p: Param, value: Any) -> bool:
+    if p.type in ("integer", "number") and isinstance(value, (int, float)) and not isinstance(value, bool):
+        whole = p.type == "number" or float(value).is_integer()
+        return whole and p.min <= value <= p.max and (p.type == "integer" or on_step(value, p.step))  # type: ignore[operator]
+    if p.type == "enum":
+        return value in (p.values or ())
+    return p.type == "boolean" and isinstance(value, bool)
+
+
+def _params_model(name: str, action: Action, values: Mapping[str, Any] | None = None) -> type[BaseModel]:
+    heard = values or {}
+    fields = {p: (_param_type(spec, heard.get(p)), ...) for p, spec in action.params.items()}
     return create_model(name, __base__=_Closed, **fields)  # type: ignore[call-overload]
 
 
@@ -70,7 +84,7 @@ def _groups(registry: Registry) -> dict[tuple[str, str, str], Action]:
     return {key: acts[0] for key, acts in sorted(groups.items()) if all(a.params == acts[0].params for a in acts)}
 
 
-def device_action_models(devices: Iterable[Device]) -> list[type[BaseModel]]:
+def device_action_models(devices: Iterable[Device], values: Mapping[str, Any] | None = None) -> list[type[BaseModel]]:
     """One model per (device, action): ``{"device": id, "action": name, "params": {...}}``."""
     items: list[type[BaseModel]] = []
     for d in devices:
@@ -80,35 +94,54 @@ def device_action_models(devices: Iterable[Device]) -> list[type[BaseModel]]:
                 create_model(
                     f"Do{tag}",
                     __base__=_Closed,
-                    device=(Literal[d.id], ...),
-                    action=(Literal[name], ...),
-                    params=(_params_model(f"{tag}Params", action), ...),
+                    device=(one_of([d.id]), ...),
+                    action=(one_of([name]), ...),
+                    params=(_params_model(f"{tag}Params", action, values), ...),
                 )
             )
     return items
 
 
-def output_model(registry: Registry) -> type[BaseModel]:
-    """The model of a command answer for this registry: ``{"actions": [...], "say": "..."}``."""
-    items = device_action_models(registry.devices)
+def output_model(
+    registry: Registry,
+    *,
+    devices: Collection[str] | None = None,
+    areas: Collection[str] | None = None,
+    types: Collection[str] | None = None,
+    values: Mapping[str, Any] | None = None,
+    say_max: int = MAX_SAY,
+) -> type[BaseModel]:
+    """The model of a command answer for this registry: ``{"actions": [...], "say": "..."}``.
+
+    Grounded: only ``devices`` by id, only area targets in ``areas`` of ``types``, parameters fixed to ``values``
+    where the words carried one that fits (the answer is then a subset of the full model's)."""
+    chosen = [d for d in registry.devices if devices is None or d.id in devices]
+    items = device_action_models(chosen, values)
     for (area, dtype, name), action in _groups(registry).items():
+        if (areas is not None and area not in areas) or (types is not None and dtype not in types):
+            continue
         tag = _camel(area, dtype, name)
         items.append(
             create_model(
                 f"All{tag}",
                 __base__=_Closed,
-                area=(Literal[area], ...),
-                type=(Literal[dtype], ...),
-                action=(Literal[name], ...),
-                params=(_params_model(f"All{tag}Params", action), ...),
+                area=(one_of([area]), ...),
+                type=(one_of([dtype]), ...),
+                action=(one_of([name]), ...),
+                params=(_params_model(f"All{tag}Params", action, values), ...),
             )
         )
-    item = Union[tuple(items)]  # type: ignore[valid-type]  # noqa: UP007 (a union built at run time)
+    if not items:
+        if devices is None and areas is None:  # no devices (yet, while discovery runs): only an empty answer
+            say = (str, Field(max_length=MAX_SAY))
+            return create_model("CommandAnswer", __base__=_Closed, actions=(list[str], Field(max_length=0)), say=say)
+        raise ValueError("a grounded answer model needs at least one device or area")
+    item = any_of(items)
     return create_model(
         "CommandAnswer",
         __base__=_Closed,
         actions=(list[item], Field(max_length=MAX_ACTIONS)),  # type: ignore[valid-type]  # noqa: UP007 (a union built at run time)
-        say=(str, Field(max_length=MAX_SAY)),
+        say=(str, Field(max_length=min(say_max, MAX_SAY))),
     )
 
 
@@ -161,7 +194,7 @@ def _resolve(device: Device, name: str, params: dict[str, Any]) -> Resolved:
         action=name,
         params=params,
         topic=action.topic or device.command_topic,
-        payload=render_payload(action.payload, params),
+        payload=render_payload(action.payload, action.template_values(params)),
         needs_confirmation=needs_confirmation(action, params),
     )
 

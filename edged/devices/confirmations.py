@@ -5,15 +5,16 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+
+from edged.devices.actions import Resolved
 
 
 @dataclass(frozen=True)
 class Pending:
     request_id: str
-    actions: tuple[Any, ...]  # edged.devices.actions.Resolved
+    actions: tuple[Resolved, ...]
     expires_at: float
 
 
@@ -34,7 +35,7 @@ class Confirmations:
         self._used: dict[str, float] = {}  # token -> expiry, to tell "reused" from "unknown"
         self._lock = threading.Lock()
 
-    def hold(self, request_id: str, actions: list[Any]) -> str:
+    def hold(self, request_id: str, actions: Iterable[Resolved]) -> str:
         token = secrets.token_urlsafe(16)
         now = self._clock()
         with self._lock:

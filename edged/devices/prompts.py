@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 from edged.devices.registry import Device, Param, Registry
 from edged.prompts import Turn, user_content
@@ -13,7 +12,8 @@ DEVICE_SYSTEM = (
     "You are edged, the controller of the devices listed below. Turn the user's request into actions "
     "for these devices only. Answer with one JSON object: "
     '{"actions": [{"device": "<device id>", "action": "<action>", "params": {...}}], "say": "<short sentence>"}. '
-    'For every device of a type in an area, use {"area": "<area id or all>", "type": "<type>", "action": ..., "params": {...}}. '
+    "For every device of a type in an area, use "
+    '{"area": "<area id or all>", "type": "<type>", "action": ..., "params": {...}}. '
     "Numbers stay within the ranges shown. If the request is not about these devices, or is unclear, "
     "answer with no actions and say why in one sentence."
 )
@@ -21,9 +21,10 @@ DEVICE_SYSTEM = (
 
 def _param_text(name: str, p: Param) -> str:
     if p.type in ("integer", "number"):
-        return f"{name} {p.min:g}-{p.max:g}{(' ' + p.unit) if p.unit else ''}"
+        lo, hi = p.bounds
+        return f"{name} {lo:g}-{hi:g}{(' ' + p.unit) if p.unit else ''}"
     if p.type == "enum":
-        return f"{name} one of {'/'.join(p.values)}"
+        return f"{name} one of {'/'.join(p.choices)}"
     return f"{name} {p.type}"
 
 
@@ -44,12 +45,12 @@ def actions_text(device: Device) -> str:
     )
 
 
-def _example_value(p: Param) -> Any:
+def _example_value(p: Param) -> int | float | str | bool:
     if p.type == "integer":
-        return int((p.min + p.max) // 2)
+        return int(sum(p.bounds) // 2)
     if p.type == "number":
-        return float((p.min + p.max) / 2)
-    return p.values[0] if p.type == "enum" else (True if p.type == "boolean" else "x")
+        return float(sum(p.bounds) / 2)
+    return p.choices[0] if p.type == "enum" else (True if p.type == "boolean" else "x")
 
 
 def device_examples(registry: Registry) -> str:
@@ -80,10 +81,12 @@ def device_messages(
     text: str,
     *,
     states: Mapping[str, str],
-    context: Mapping[str, Any] | None = None,
+    context: Mapping[str, object] | None = None,
     history: Iterable[Turn] = (),
+    lead: str = "",
 ) -> list[dict[str, str]]:
-    """A device command: registry first (static), then history, then current states and the request."""
+    """A device command: registry first (static), then history, then ``lead`` (the linker's candidates,
+    see :mod:`edged.devices.grounding`), current states and the request."""
     system = f"{DEVICE_SYSTEM}\n\n{device_catalogue(registry)}\n\n{device_examples(registry)}"
     messages = [{"role": "system", "content": system}]
     for turn in history:
@@ -91,5 +94,6 @@ def device_messages(
     known = {d.id for d in registry.devices}
     current = "; ".join(f"{k}: {v}" for k, v in sorted(states.items()) if k in known)
     content = user_content(text, context)
-    messages.append({"role": "user", "content": f"Current states: {current}\n\n{content}" if current else content})
+    head = "\n".join(x for x in (lead, f"Current states: {current}" if current else "") if x)
+    messages.append({"role": "user", "content": f"{head}\n\n{content}" if head else content})
     return messages

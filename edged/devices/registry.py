@@ -25,16 +25,47 @@ else:  # pragma: no cover
 log = structlog.get_logger("edged.registry")
 ID = r"^[a-z0-9][a-z0-9_]{0,47}$"
 DeviceType = Literal[
-    "light", "switch", "dimmer", "climate", "cover", "lock", "fan", "media_player", "valve", "pump", "motor", "generic"
+    "light",
+    "switch",
+    "dimmer",
+    "color_light",
+    "climate",
+    "cover",
+    "lock",
+    "fan",
+    "media_player",
+    "valve",
+    "pump",
+    "motor",
+    "vacuum",
+    "scene",
+    "script",
+    "generic",
 ]
+# Colour names a colour light accepts, with the RGB value its payload carries (zigbee2mqtt ``color.hex``).
+COLOR_HEX: dict[str, str] = {
+    "red": "#FF0000",
+    "orange": "#FF8000",
+    "yellow": "#FFE000",
+    "green": "#00FF00",
+    "cyan": "#00FFFF",
+    "blue": "#0000FF",
+    "purple": "#8000FF",
+    "pink": "#FF60B0",
+    "white": "#FFFFFF",
+    "warm_white": "#FFD8A8",
+}
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+ParamType = Literal["integer", "number", "boolean", "enum", "string"]
+
+
 class Param(_Strict):
-    type: Literal["integer", "number", "boolean", "enum", "string"]
+    type: ParamType
     min: float | None = None
     max: float | None = None
     step: float = Field(0.1, ge=0.001, description="number: the precision of values (bounds are multiples of it)")
@@ -52,6 +83,18 @@ class Param(_Strict):
             raise ValueError(f"number bounds must be multiples of step {self.step}")
         return self
 
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """``(min, max)`` of an integer or number parameter (validation makes sure both are set)."""
+        if self.min is None or self.max is None:
+            raise ValueError(f"a {self.type} parameter has no bounds")
+        return self.min, self.max
+
+    @property
+    def choices(self) -> list[str]:
+        """The values of an enum parameter (validation makes sure there are some)."""
+        return self.values or []
+
 
 def on_step(value: float | None, step: float) -> bool:
     """True when ``value`` is a whole number of ``step``s (to 1e-6 of a step)."""
@@ -66,33 +109,72 @@ class ConfirmIf(_Strict):
     below: float | None = None
 
 
+class Derive(_Strict):
+    """A payload value computed from a parameter: ``hex`` (colour name -> "#RRGGBB"), ``mireds`` (kelvin -> mired)."""
+
+    fn: Literal["hex", "mireds"]
+    param: str
+
+
+def _derived(fn: str, value: Any) -> Any:
+    if fn == "hex":
+        return COLOR_HEX[str(value)]
+    return round(1_000_000 / float(value))
+
+
 class Action(_Strict):
     params: dict[str, Param] = {}
     payload: dict[str, Any] | str = Field(description='MQTT payload; "{name}" strings are replaced by parameter values')
     topic: str | None = Field(None, description="default: the device's command_topic")
     confirm: bool = False
     confirm_if: ConfirmIf | None = None
+    derive: dict[str, Derive] = Field({}, description='extra "{name}" values computed from parameters')
 
     @model_validator(mode="after")
     def _confirm_param(self) -> Action:
         if self.confirm_if is not None and self.confirm_if.param not in self.params:
             raise ValueError(f"confirm_if names unknown parameter {self.confirm_if.param!r}")
+        if self.confirm_if is not None and self.params[self.confirm_if.param].type not in ("integer", "number"):
+            raise ValueError(f"confirm_if needs an integer or number parameter, not {self.confirm_if.param!r}")
+        for name, d in self.derive.items():
+            if d.param not in self.params or name in self.params:
+                raise ValueError(f"derive {name!r} must be a new name computed from a parameter of the action")
         return self
 
+    def template_values(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The values a payload template is filled with: the parameters and the values derived from them."""
+        return {**params, **{name: _derived(d.fn, params[d.param]) for name, d in self.derive.items()}}
 
-def _p(kind: str, lo: float, hi: float, unit: str | None = None) -> Param:
-    return Param(type=kind, min=lo, max=hi, unit=unit)  # type: ignore[arg-type]
+
+def _p(kind: ParamType, lo: float, hi: float, unit: str | None = None) -> Param:
+    return Param(type=kind, min=lo, max=hi, unit=unit)
 
 
 _ON_OFF = {"turn_on": Action(payload={"state": "ON"}), "turn_off": Action(payload={"state": "OFF"})}
+_DIMMER = {
+    **_ON_OFF,
+    "set_brightness": Action(
+        params={"brightness": _p("integer", 0, 100, "%")},
+        payload={"state": "ON", "brightness_percent": "{brightness}"},
+    ),
+}
+_ACTIVATE = {"activate": Action(payload={"state": "ON"})}
+CLEAN_AREA = "clean_area"  # a vacuum's action for one of its ``zones`` (see Device.zones)
 TYPE_ACTIONS: dict[str, dict[str, Action]] = {
     "light": _ON_OFF,
     "switch": _ON_OFF,
-    "dimmer": {
-        **_ON_OFF,
-        "set_brightness": Action(
-            params={"brightness": _p("integer", 0, 100, "%")},
-            payload={"state": "ON", "brightness_percent": "{brightness}"},
+    "dimmer": _DIMMER,
+    "color_light": {
+        **_DIMMER,
+        "set_color": Action(
+            params={"color": Param(type="enum", values=list(COLOR_HEX))},
+            payload={"state": "ON", "color": {"hex": "{color_hex}"}},
+            derive={"color_hex": Derive(fn="hex", param="color")},
+        ),
+        "set_color_temp": Action(
+            params={"kelvin": _p("integer", 2000, 6500, "K")},
+            payload={"state": "ON", "color_temp": "{mireds}"},
+            derive={"mireds": Derive(fn="mireds", param="kelvin")},
         ),
     },
     "climate": {
@@ -111,11 +193,20 @@ TYPE_ACTIONS: dict[str, dict[str, Action]] = {
     "lock": {"lock": Action(payload={"state": "LOCK"}), "unlock": Action(payload={"state": "UNLOCK"}, confirm=True)},
     "fan": {**_ON_OFF, "set_speed": Action(params={"speed": _p("integer", 0, 100, "%")}, payload={"speed": "{speed}"})},
     "media_player": {
+        **_ON_OFF,
+        "next": Action(payload={"state": "NEXT"}),
+        "previous": Action(payload={"state": "PREVIOUS"}),
         "play": Action(payload={"state": "PLAY"}),
         "pause": Action(payload={"state": "PAUSE"}),
         "set_volume": Action(params={"volume": _p("integer", 0, 100, "%")}, payload={"volume": "{volume}"}),
     },
-    "valve": {"open": Action(payload={"state": "OPEN"}, confirm=True), "close": Action(payload={"state": "CLOSE"})},
+    "valve": {
+        "open": Action(payload={"state": "OPEN"}, confirm=True),
+        "close": Action(payload={"state": "CLOSE"}),
+        "set_position": Action(
+            params={"position": _p("integer", 0, 100, "%")}, payload={"position": "{position}"}, confirm=True
+        ),
+    },
     "pump": {
         "start": Action(payload={"run": True}, confirm=True),
         "stop": Action(payload={"run": False}),
@@ -126,8 +217,19 @@ TYPE_ACTIONS: dict[str, dict[str, Action]] = {
         "stop": Action(payload={"run": False}),
         "set_speed": Action(params={"rpm": _p("integer", 0, 3000, "rpm")}, payload={"rpm": "{rpm}"}, confirm=True),
     },
+    "vacuum": {
+        "start": Action(payload={"state": "START"}),
+        "stop": Action(payload={"state": "STOP"}),
+        "return_to_base": Action(payload={"state": "RETURN_TO_BASE"}),
+    },
+    "scene": _ACTIVATE,
+    "script": _ACTIVATE,
     "generic": {},
 }
+
+
+def _clean_area(zones: list[str]) -> Action:
+    return Action(params={"area": Param(type="enum", values=zones)}, payload={"state": "CLEAN", "area": "{area}"})
 
 
 class Area(_Strict):
@@ -146,6 +248,7 @@ class Device(_Strict):
     state_topic: str | None = None
     actions: dict[str, Action] = Field({}, description="added to, or replacing, the type's default actions")
     remove_actions: list[str] = []
+    zones: list[str] = Field([], description="vacuum: the area ids it can clean, the values of its clean_area action")
 
     @field_validator("command_topic", "state_topic")
     @classmethod
@@ -154,8 +257,15 @@ class Device(_Strict):
             raise ValueError("topics must be non-empty, without wildcards")
         return v
 
+    @model_validator(mode="after")
+    def _zones(self) -> Device:
+        if self.zones and self.type != "vacuum":
+            raise ValueError(f"device {self.id!r}: only a vacuum has zones")
+        return self
+
     def all_actions(self) -> dict[str, Action]:
-        merged = {**TYPE_ACTIONS[self.type], **self.actions}
+        typed = {**TYPE_ACTIONS[self.type], **({CLEAN_AREA: _clean_area(self.zones)} if self.zones else {})}
+        merged = {**typed, **self.actions}
         return {name: a for name, a in sorted(merged.items()) if name not in self.remove_actions}
 
 
@@ -176,6 +286,10 @@ class Registry(_Strict):
         for d in self.devices:
             if d.area not in area_ids:
                 raise ValueError(f"device {d.id!r} is in unknown area {d.area!r}")
+            if set(d.zones) - set(area_ids):
+                raise ValueError(
+                    f"device {d.id!r} has zones that are not areas: {sorted(set(d.zones) - set(area_ids))}"
+                )
             if not d.all_actions():
                 raise ValueError(f"device {d.id!r} has no actions")
             for name in d.all_actions():

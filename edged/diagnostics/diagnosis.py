@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
@@ -15,6 +15,7 @@ from edged.devices.registry import Device, Registry
 from edged.diagnostics.summaries import Summary, citable, relevant, subject, summarise
 from edged.diagnostics.telemetry import Series, TelemetryStore
 from edged.prompts import Turn, user_content
+from edged.typeforms import any_of, list_of, one_of
 
 DIAGNOSIS_SYSTEM = (
     "You are edged, a diagnostic assistant for machines and sensors. Think about the question and the "
@@ -31,6 +32,7 @@ MAX_RAW = 20  # raw readings per sensor at most
 RAW_LABEL = "recent (s ago: value): "
 Text = Annotated[str, Field(max_length=80)]
 Number = Annotated[float, Field(ge=-1e6, le=1e6, json_schema_extra={"multipleOf": 0.001})]
+Severity = Literal["ok", "info", "warning", "critical"]
 Confidence = Annotated[float, Field(ge=0, le=1, json_schema_extra={"multipleOf": 0.05})]
 
 
@@ -51,8 +53,8 @@ def _step_model(devices: Sequence[Device]) -> type[BaseModel]:
     """A recommended step; with devices, optionally one of their registry actions (never dispatched)."""
     if not devices:
         return Step
-    do: Any = Union[tuple(device_action_models(devices))]  # type: ignore[valid-type]  # noqa: UP007 (a union built at run time)
-    return create_model("Step", __base__=_Closed, action=(Text, ...), do=(Optional[do], None))  # noqa: UP045
+    do = any_of([*device_action_models(devices), None])
+    return create_model("Step", __base__=_Closed, action=(Text, ...), do=(do, None))
 
 
 def _finding_model(cite: Mapping[str, Sequence[float]]) -> Any:
@@ -61,8 +63,8 @@ def _finding_model(cite: Mapping[str, Sequence[float]]) -> Any:
         create_model(
             f"Finding{i}",
             __base__=_Closed,
-            sensor=(Literal[key], ...),
-            value=(Literal[tuple(numbers)], ...),
+            sensor=(one_of([key]), ...),
+            value=(one_of(numbers), ...),
             note=(Text, ...),
         )
         for i, (key, numbers) in enumerate(cite.items())
@@ -76,7 +78,7 @@ def _finding_model(cite: Mapping[str, Sequence[float]]) -> Any:
             value=(Number, ...),
             note=(Text, ...),
         )
-    return Union[tuple(models)]  # type: ignore[valid-type]  # noqa: UP007 (a union built at run time)
+    return any_of(models)
 
 
 def diagnosis_model(cite: Mapping[str, Sequence[float]], devices: Sequence[Device] = ()) -> type[BaseModel]:
@@ -87,10 +89,10 @@ def diagnosis_model(cite: Mapping[str, Sequence[float]], devices: Sequence[Devic
         "Diagnosis",
         __base__=_Closed,
         summary=(Annotated[str, Field(max_length=160)], ...),
-        severity=(Literal["ok", "info", "warning", "critical"], ...),
-        findings=(list[finding], Field(max_length=4)),  # type: ignore[valid-type]  # noqa: UP007 (a union built at run time)
+        severity=(Severity, ...),
+        findings=(list_of(finding), Field(max_length=4)),
         likely_causes=(list[Cause], Field(max_length=3)),
-        recommended_actions=(list[_step_model(devices)], Field(max_length=3)),  # type: ignore[misc]
+        recommended_actions=(list_of(_step_model(devices)), Field(max_length=3)),
         data_gaps=(list[Text], Field(max_length=3)),
     )
 
@@ -136,7 +138,7 @@ def actions_block(devices: Sequence[Device]) -> str:
 
 
 def diagnosis_messages(
-    text: str, *, telemetry: str, context: Mapping[str, Any] | None, history: Iterable[Turn] = (), actions: str = ""
+    text: str, *, telemetry: str, context: Mapping[str, object] | None, history: Iterable[Turn] = (), actions: str = ""
 ) -> list[dict[str, str]]:
     messages = [{"role": "system", "content": DIAGNOSIS_SYSTEM}]
     for turn in history:
@@ -174,14 +176,14 @@ class Prepared:
     abnormal: list[str]  # of those, flagged by edged's own numbers (out of range, stale, unusual)
     floor: str = "ok"  # severity_floor() of the shown sensors
 
-    def outcome(self, answer: str) -> tuple[dict[str, Any] | None, str | None]:
+    def outcome(self, answer: str) -> tuple[dict[str, object] | None, str | None]:
         """The query's result (the validated diagnosis, its severity raised to the floor if the model
         rated lower, and what edged saw), or why the answer is not a diagnosis."""
         try:
             diagnosis = self.model.model_validate_json(answer).model_dump()
         except ValidationError as exc:
             return None, f"the answer is not a valid diagnosis: {exc.error_count()} error(s)"
-        result: dict[str, Any] = {
+        result: dict[str, object] = {
             "diagnosis": diagnosis,
             "sensors": self.sensors,
             "abnormal": self.abnormal,
@@ -205,7 +207,7 @@ class Diagnostics:
         max_sensors: int,
         count_tokens: Callable[[str], int] = lambda text: len(text) // 3 + 1,
         registry: Callable[[], Registry | None] = lambda: None,
-        clock: Any = time.time,
+        clock: Callable[[], float] = time.time,
     ):
         """``count_tokens``: the model's tokenizer (the default guesses from the length)."""
         self.store = store
@@ -215,7 +217,7 @@ class Diagnostics:
         self._max_sensors = max_sensors
         self._clock = clock
 
-    def prepare(self, text: str, *, context: Mapping[str, Any] | None, history: Iterable[Turn]) -> Prepared:
+    def prepare(self, text: str, *, context: Mapping[str, object] | None, history: Iterable[Turn]) -> Prepared:
         series = self.store.series() if self.store else []
         now = self._clock()
         registry = self._registry()

@@ -8,7 +8,6 @@ import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from difflib import get_close_matches
-from typing import Any
 
 from edged.diagnostics.telemetry import Series
 
@@ -157,7 +156,7 @@ def relevant(
     summaries: list[Summary],
     series: list[Series],
     text: str,
-    context: Mapping[str, Any] | None,
+    context: Mapping[str, object] | None,
     *,
     limit: int,
     names: Mapping[str, Sequence[str]] | None = None,
@@ -165,7 +164,8 @@ def relevant(
     """Sensors the question is about: named in ``context.sensors``, or whose device the text names by
     id (``pump 3`` finds ``pump_3/vibration``) or by any of ``names`` (the registry's names, aliases and
     the device's area); else the abnormal ones. Abnormal first, at most ``limit``."""
-    wanted = {str(s) for s in (context or {}).get("sensors", []) if isinstance(s, str)} if context else set()
+    named = context.get("sensors") if context else None
+    wanted = {s for s in named if isinstance(s, str)} if isinstance(named, (list, tuple)) else set()
     words = words_of(text)
     by_key = {s.key: s for s in series}
     names = names or {}

@@ -60,7 +60,8 @@ class Series:
 
 def _matches(filter_: str, topic: str) -> list[str] | None:
     """The parts ``+``/``#`` matched, or None if the topic does not match the filter."""
-    fparts, tparts, matched = filter_.split("/"), topic.split("/"), []
+    fparts, tparts = filter_.split("/"), topic.split("/")
+    matched: list[str] = []
     for i, f in enumerate(fparts):
         if f == "#":
             return matched + ["/".join(tparts[i:])]

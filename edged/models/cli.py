@@ -12,7 +12,7 @@ EXIT_FAILED = 1
 EXIT_UNSUPPORTED = 2
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     model = sub.add_parser("model", help="get, import and inspect models")
     msub = model.add_subparsers(dest="model_command", required=True)
     build = msub.add_parser("build-test", help="build the tiny random-weight Qwen3 test model (offline)")
@@ -171,14 +171,12 @@ def _info(args: argparse.Namespace) -> int:
     print(f"path            {info['path']}")
     print(f"architecture    {info['architecture']}, {info['parameters'] / 1e6:.1f}M parameters")
     print(f"quantisation    {info['quantization']}; {info['size_on_disk_bytes'] / gb:.2f} GB on disk")
-    print(
-        f"context         {info['context_length']} tokens native ({info['context_length_yarn']} with model.long_context)"
-    )
+    yarn = info["context_length_yarn"]
+    print(f"context         {info['context_length']} tokens native ({yarn} with model.long_context)")
     print(f"thinking        {'yes (Qwen3-style enable_thinking and <think> tokens)' if info['thinking'] else 'no'}")
     print(f"weights at load {info['weights_at_load']}: {info['weights_reason']}")
-    print(
-        f"memory          ~{info['estimated_memory_bytes'] / gb:.2f} GB at {info['estimated_at_context']} tokens of context"
-    )
+    memory_gb = info["estimated_memory_bytes"] / gb
+    print(f"memory          ~{memory_gb:.2f} GB at {info['estimated_at_context']} tokens of context")
     return 0
 
 

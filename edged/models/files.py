@@ -7,9 +7,10 @@ import math
 import os
 import re
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 DTYPE_BYTES = {"F32": 4, "F16": 2, "BF16": 2, "U32": 4, "I32": 4, "U8": 1, "I8": 1, "F64": 8, "I64": 8}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
@@ -82,7 +83,15 @@ def check_files(path: Path) -> None:
         raise ModelInvalid(f"{path} is missing {', '.join(missing)}: not a complete MLX model directory")
 
 
-def _safetensors_header(path: Path) -> dict[str, Any]:
+class TensorInfo(TypedDict):
+    """One tensor in a safetensors header."""
+
+    dtype: str  # e.g. "F32", "U32"
+    shape: list[int]
+    data_offsets: list[int]
+
+
+def _safetensors_header(path: Path) -> dict[str, TensorInfo]:
     with path.open("rb") as f:
         (size,) = struct.unpack("<Q", f.read(8))
         header = json.loads(f.read(size))
@@ -90,7 +99,7 @@ def _safetensors_header(path: Path) -> dict[str, Any]:
     return header
 
 
-def count_parameters(tensors: dict[str, Any], group_size: int) -> int:
+def count_parameters(tensors: Mapping[str, TensorInfo], group_size: int) -> int:
     """Logical weights, counting packed quantised weights by their unpacked size."""
     total = 0
     for name, info in tensors.items():
@@ -105,7 +114,7 @@ def count_parameters(tensors: dict[str, Any], group_size: int) -> int:
     return total
 
 
-def _describe_quantization(config: dict[str, Any], tensors: dict[str, Any]) -> tuple[str, bool]:
+def _describe_quantization(config: dict[str, Any], tensors: Mapping[str, TensorInfo]) -> tuple[str, bool]:
     quant = config.get("quantization")
     if not quant:
         dtypes = sorted({t["dtype"] for t in tensors.values()})
@@ -118,13 +127,13 @@ def _describe_quantization(config: dict[str, Any], tensors: dict[str, Any]) -> t
 def read_facts(path: Path) -> ModelFacts:
     check_files(path)
     config = json.loads((path / "config.json").read_text())
-    tensors: dict[str, Any] = {}
+    tensors: dict[str, TensorInfo] = {}
     for file in sorted(path.glob("model*.safetensors")):
         tensors.update(_safetensors_header(file))
     group = (config.get("quantization") or {}).get("group_size", 64)
     quantization, quantized = _describe_quantization(config, tensors)
     tok_config = path / "tokenizer_config.json"
-    template = json.loads(tok_config.read_text()).get("chat_template") if tok_config.is_file() else None
+    template: str | None = json.loads(tok_config.read_text()).get("chat_template") if tok_config.is_file() else None
     if template is None and (path / "chat_template.jinja").is_file():
         template = (path / "chat_template.jinja").read_text()
     vocab_text = (path / "tokenizer.json").read_text() if (path / "tokenizer.json").is_file() else ""
@@ -139,7 +148,7 @@ def read_facts(path: Path) -> ModelFacts:
         quantized=quantized,
         disk_bytes=sum(f.stat().st_size for f in path.glob("model*.safetensors")),
         context_length=int(config.get("max_position_embeddings") or 0),
-        thinking_template=bool(template) and "enable_thinking" in template,
+        thinking_template=template is not None and "enable_thinking" in template,
         think_tokens='"</think>"' in vocab_text and '"<think>"' in vocab_text,
         kv_bytes_per_token_fp16=kv_per_token,
         config=config,

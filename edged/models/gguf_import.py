@@ -13,11 +13,15 @@ import shutil
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from edged.models.gguf_tokenizer import write_tokenizer
+from edged.ops.progressbar import progress
+
+if TYPE_CHECKING:
+    import mlx.core as mx
 
 log = structlog.get_logger("edged.gguf")
 
@@ -115,16 +119,16 @@ def hf_config(arch: str, meta: dict[str, Any], names: set[str]) -> dict[str, Any
     return config
 
 
-def _unpermute(a: Any, n_heads: int) -> Any:
+def _unpermute(a: mx.array, n_heads: int) -> mx.array:
     """Undo llama.cpp's rotary row order: (heads, dim/2, 2) in GGUF -> (heads, 2, dim/2) in HF."""
     rows = a.shape[0]
     rest = a.shape[1:]
     return a.reshape(n_heads, rows // n_heads // 2, 2, *rest).swapaxes(1, 2).reshape(rows, *rest)
 
 
-def convert_weights(arch: str, raw: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for i, (name, array) in enumerate(sorted(raw.items())):
+def convert_weights(arch: str, raw: dict[str, mx.array], config: dict[str, Any]) -> dict[str, mx.array]:
+    out: dict[str, mx.array] = {}
+    for i, (name, array) in enumerate(progress(sorted(raw.items()), desc="converting", unit="tensor")):
         target = hf_name(name)
         if arch == "llama" and (".attn_q." in name or ".attn_k." in name):
             heads = config["num_attention_heads"] if ".attn_q." in name else config["num_key_value_heads"]
@@ -135,7 +139,7 @@ def convert_weights(arch: str, raw: dict[str, Any], config: dict[str, Any]) -> d
     return out
 
 
-def quantization_config(weights: dict[str, Any]) -> dict[str, Any] | None:
+def quantization_config(weights: dict[str, mx.array]) -> dict[str, Any] | None:
     """mlx-lm's ``quantization``: the most common bit width, with per-layer exceptions."""
     bits = {
         name[: -len(".scales")]: (weights[name[: -len(".scales")] + ".weight"].shape[-1] * 32)
@@ -164,6 +168,8 @@ def import_gguf(gguf_path: Path, out_dir: Path) -> Path:
     config = hf_config(arch, meta, set(types))
     log.info("gguf_header_read", architecture=arch, tensors=len(types), types=dict(Counter(types.values())))
     raw = mx.load(str(gguf_path))
+    if not isinstance(raw, dict):  # a .gguf file loads as a dict of named arrays
+        raise ValueError(f"{gguf_path} did not load as named tensors")
     weights = convert_weights(arch, raw, config)
     quant = quantization_config(weights)
     if quant is not None:

@@ -22,7 +22,7 @@ class UnsupportedTokenizer(ValueError):
     pass
 
 
-def _pre_tokenizer(pre: str) -> Any:
+def _pre_tokenizer(pre: str) -> pre_tokenizers.PreTokenizer:
     if pre == "smollm":
         return pre_tokenizers.Sequence(
             [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]

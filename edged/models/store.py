@@ -6,6 +6,7 @@ import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 import structlog
 
@@ -86,7 +87,18 @@ def pull(repo_id: str, revision: str | None = None) -> Path:
 
 # The offline models by short name, with output budgets that keep a demo or bench quick on a CPU;
 # everything else is the product default.
-OFFLINE_MODELS = {
+class _Named(TypedDict):
+    name: str
+
+
+class OfflineModel(_Named, total=False):
+    """Model settings for an offline model: its name and output budgets per mode."""
+
+    think: dict[str, int]
+    no_think: dict[str, int]
+
+
+OFFLINE_MODELS: dict[str, OfflineModel] = {
     "smollm2": {"name": "SmolLM2-135M-Instruct", "no_think": {"max_tokens": 400}},
     "tiny": {
         "name": "tiny-qwen3-random",

@@ -78,7 +78,8 @@ def build_test_model(out_dir: Path, *, seed: int = 0) -> Path:
 
     mx.random.seed(seed)
     model = qwen3.Model(qwen3.ModelArgs.from_dict(CONFIG))
-    weights = {k: v.astype(mx.float32) for k, v in tree_flatten(model.parameters())}
+    params: dict[str, mx.array] = tree_flatten(model.parameters(), destination={})  # type: ignore[assignment]  # typed list | dict
+    weights = {k: v.astype(mx.float32) for k, v in params.items()}
     mx.save_safetensors(str(tmp / "model.safetensors"), weights, metadata={"format": "mlx"})
     (tmp / MARKER).write_text(json.dumps({"version": BUILD_VERSION, "seed": seed}))
     shutil.rmtree(out_dir, ignore_errors=True)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
-from typing import Any, Literal
+from collections.abc import Callable, Mapping
+from typing import Literal
 
 import structlog
 
@@ -31,7 +31,7 @@ class StatusBoard:
         *,
         publish: Callable[[bytes], threading.Event],
         notifier: Notifier,
-        info: Callable[[], dict[str, Any]],
+        info: Callable[[], Mapping[str, object]],
         clock: Callable[[], float] = time.monotonic,
     ):
         self._publish = publish
@@ -45,7 +45,7 @@ class StatusBoard:
 
     def document(self, state: State | None = None) -> bytes:
         """The status JSON for the current state (or for ``state``, e.g. the last will's ``offline``)."""
-        body: dict[str, Any] = {"state": state or self.state, **self._info()}
+        body: dict[str, object] = {"state": state or self.state, **self._info()}
         body["uptime_s"] = round(self._clock() - self._started, 1)
         if state is None and self.reason:
             body["reason"] = self.reason

@@ -13,9 +13,10 @@ import os
 import re
 import sys
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Literal, TextIO
 
 import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
 
 Format = Literal["auto", "json", "journal", "console"]
 
@@ -26,7 +27,7 @@ _PRIORITY = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}
 _per_logger: set[str] = set()  # loggers given their own level, reset on the next apply_levels()
 
 
-def mask_secrets(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+def mask_secrets(_logger: WrappedLogger, _name: str, event: EventDict) -> EventDict:
     """Mask the value of any field whose name looks like a secret (``mqtt_password``, ``api_key``)."""
     for key in event:
         if _SECRET_KEY.search(key):
@@ -34,7 +35,7 @@ def mask_secrets(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, A
     return event
 
 
-_SHARED = [
+_SHARED: list[Processor] = [
     structlog.contextvars.merge_contextvars,
     structlog.stdlib.add_log_level,
     structlog.stdlib.add_logger_name,
@@ -49,11 +50,12 @@ class JournalRenderer:
     def __init__(self) -> None:
         self._json = structlog.processors.JSONRenderer()
 
-    def __call__(self, logger: Any, name: str, event: dict[str, Any]) -> str:
-        return f"<{_PRIORITY.get(event.get('level', 'info'), 6)}>{self._json(logger, name, event)}"
+    def __call__(self, logger: WrappedLogger, name: str, event: EventDict) -> str:
+        line = self._json(logger, name, event)
+        return f"<{_PRIORITY.get(event.get('level', 'info'), 6)}>{line.decode() if isinstance(line, bytes) else line}"
 
 
-def under_journal(stream: Any, environ: Mapping[str, str] | None = None) -> bool:
+def under_journal(stream: TextIO, environ: Mapping[str, str] | None = None) -> bool:
     """True when ``stream`` is the journal stream systemd connected us to (``$JOURNAL_STREAM`` = device:inode)."""
     expected = (os.environ if environ is None else environ).get("JOURNAL_STREAM")
     if not expected:
@@ -65,7 +67,7 @@ def under_journal(stream: Any, environ: Mapping[str, str] | None = None) -> bool
     return expected == f"{st.st_dev}:{st.st_ino}"
 
 
-def _renderer(fmt: Format, stream: Any, environ: Mapping[str, str] | None) -> Any:
+def _renderer(fmt: Format, stream: TextIO, environ: Mapping[str, str] | None) -> Processor:
     if fmt == "auto":
         fmt = "journal" if under_journal(stream, environ) else "console" if stream.isatty() else "json"
     if fmt == "journal":
@@ -103,16 +105,16 @@ class _SysStreamHandler(logging.StreamHandler):
         super().__init__()
         self._sys_attr = name
 
-    @property  # type: ignore[override]
-    def stream(self) -> Any:
+    @property
+    def stream(self) -> TextIO:
         return getattr(sys, self._sys_attr)
 
     @stream.setter
-    def stream(self, _value: Any) -> None:
+    def stream(self, _value: TextIO) -> None:
         pass
 
 
-def _handler(stream: Any) -> logging.StreamHandler:
+def _handler(stream: TextIO | None) -> logging.StreamHandler[TextIO]:
     for name in ("stdout", "stderr"):
         if (stream is None and name == "stdout") or stream is getattr(sys, name):
             return _SysStreamHandler(name)
@@ -124,7 +126,7 @@ def setup_logging(
     fmt: Format = "auto",
     *,
     levels: Mapping[str, str] | None = None,
-    stream: Any = None,
+    stream: TextIO | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> None:
     handler = _handler(stream)

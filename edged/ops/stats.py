@@ -13,10 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, get_args
 
+from edged.devices.proposal import ResolvedBy
 from edged.protocol import Kind, Result
 
 MAX_SAMPLES = 10_000  # bounds the window's memory whatever the request rate
 KINDS = get_args(Kind)
+RESOLVERS = get_args(ResolvedBy)
 
 
 @dataclass(frozen=True)
@@ -65,12 +67,16 @@ class Stats:
         self._started = clock()
         self._lock = threading.Lock()
         self._counts: Counter[tuple[str, str]] = Counter()
+        self._paths: Counter[str] = Counter()  # commands by the layer that resolved them: local, rules, model
         self._samples: deque[_Sample] = deque(maxlen=MAX_SAMPLES)
 
     def record(self, result: Result) -> None:
         kind = result.kind or "unknown"
         with self._lock:
             self._counts[(kind, result.status)] += 1
+            resolved_by = (result.result or {}).get("resolved_by") if kind == "command" else None
+            if isinstance(resolved_by, str):
+                self._paths[resolved_by] += 1
             if result.usage.prompt_tokens > 0:  # the model ran: it counts for latency and throughput
                 self._samples.append(
                     _Sample(
@@ -93,6 +99,7 @@ class Stats:
                 self._samples.popleft()
             samples = list(self._samples)
             counts = dict(self._counts)
+            paths = {p: self._paths.get(p, 0) for p in RESOLVERS}
         requests: dict[str, dict[str, int]] = {}
         for (kind, status), n in sorted(counts.items()):
             requests.setdefault(kind, {})[status] = n
@@ -107,6 +114,7 @@ class Stats:
             "window_s": self.window_s,
             "requests": requests,
             "requests_total": sum(counts.values()),
+            "commands_resolved_by": paths,
             "latency_ms": latency,
             "tokens_per_s": round(sum(s.completion_tokens for s in samples) / decode_s, 2) if decode_s > 0 else None,
             "cache_hit_rate": round(sum(s.cached_tokens for s in samples) / prompt, 4) if prompt else None,

@@ -32,14 +32,17 @@ class Delivery:
         finished: Callable[[str], None],
         publish_timeout_s: Callable[[], float],
         queue_depth: Callable[[], int],
+        answered: Callable[[], None] = lambda: None,
     ):
-        """``record`` counts a result (stats); ``finished`` is told a request id is done (progress)."""
+        """``record`` counts a result (stats); ``finished`` is told a request id is done (progress);
+        ``answered``: a queued job's result went out (not a busy refusal)."""
         self._bus = bus
         self._ledger = ledger
         self._record = record
         self._finished = finished
         self._timeout_s = publish_timeout_s
         self._depth = queue_depth
+        self._answered = answered
 
     def result(self, job: Job, result: Result) -> None:
         """A job's result (worker threads, or the network thread for ``busy``): ledger first, then the bus."""
@@ -56,6 +59,8 @@ class Delivery:
         )
         self._record(result)
         _log_done(result, queue_depth=self._depth())
+        if not busy:
+            self._answered()
         timeout = self._timeout_s()
         if not busy and not confirmed.wait(timeout):  # worker threads only: the network thread never waits
             log.warning("result_unconfirmed", id=rid, timeout_s=timeout, connected=self._bus.connected.is_set())

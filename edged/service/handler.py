@@ -75,6 +75,7 @@ class Plan:
     messages: list[dict[str, str]]
     schema: JsonSchema | None
     finish: Callable[[Generation], Answered]
+    sampling: Callable[[SamplingSettings], SamplingSettings] = lambda s: s  # e.g. greedy for commands
 
 
 class StopCheck:
@@ -156,6 +157,8 @@ class Service:
         """Prefill each kind's static prompt (system text, registry) into the prefix cache and build the
         answer grammar, so the first request after start-up does not pay for them. Seconds per kind."""
         took = {}
+        if self._devices is not None:  # templates and matchers: the first command must not pay for loading them
+            took["resolvers"] = self._devices.warm_up()
         for kind in ("command", "query"):
             request = Request.model_validate({"id": f"warm-up-{kind}", "text": "status", "dispatch": False})
             job = Job(
@@ -204,6 +207,9 @@ class Service:
                 status="timeout",
                 **base,
             )
+        resolved = self._without_model(job, timing)
+        if resolved is not None:
+            return resolved
         session = self._sessions.get(req.session) if req.session else None
         chosen = route(job.kind, req.text, think=req.think, remembered=session.switch if session else None)
         mode, notes = chosen.mode, []
@@ -215,7 +221,7 @@ class Service:
         request = GenerationRequest(
             plan.messages,
             mode,
-            self._sampling[mode],
+            plan.sampling(self._sampling[mode]),
             plan.schema,
             priority=job.priority,
             keep=bool(req.session),
@@ -260,19 +266,42 @@ class Service:
             **common,
         )
 
+    def _without_model(self, job: Job, timing: Timing) -> Result | None:
+        """A command that needs no generation (resolved by templates or rules, or refused): its result."""
+        req = job.request
+        if job.kind != "command" or self._devices is None or req.id is None:
+            return None
+        o = self._devices.try_resolve(
+            req.id, req.text, language=req.language, area=req.area, dispatch=req.dispatch, reply_topic=job.reply_topic
+        )
+        if o is None:
+            return None
+        timing.total = _ms(self._clock() - job.received_at)
+        return Result(
+            id=req.id, kind="command", status=o.status, result=o.result, error=o.error_info(), timing_ms=timing
+        )
+
     def _plan(self, job: Job, text: str, history: Iterable[Turn]) -> Plan:
         req = job.request
         if job.kind == "command" and self._devices is not None:
             devices = self._devices
-            registry, messages, schema = devices.prepare(text, context=req.context, history=history)
+            registry, messages, schema = devices.prepare(
+                text, context=req.context, history=history, language=req.language, area=req.area
+            )
 
             def finish_command(gen: Generation) -> Answered:
+                asked = devices.context(registry, text, language=req.language, area=req.area)
                 o = devices.outcome(
-                    registry, req.id or "", gen.answer, dispatch=req.dispatch, reply_topic=job.reply_topic
+                    registry,
+                    req.id or "",
+                    gen.answer,
+                    dispatch=req.dispatch,
+                    reply_topic=job.reply_topic,
+                    command=asked,
                 )
                 return Answered(o.status, o.result, o.error_info(), remember=o.status != "rejected")
 
-            return Plan(messages, schema, finish_command)
+            return Plan(messages, schema, finish_command, devices.sampling)
         if job.kind == "query" and self._diagnostics is not None:
             query = self._diagnostics.prepare(text, context=req.context, history=history)
 

@@ -37,8 +37,11 @@ class Inbox:
         stopping: threading.Event,
         model_name: Callable[[], str | None],
         queue_size: Callable[[], int],
+        claim: Callable[[Inbound], bool] = lambda _msg: False,
+        accepted: Callable[[], None] = lambda: None,
     ):
-        """``admin`` carries out an admin request (on the main thread); ``stopping``: leave messages to the broker."""
+        """``admin`` carries out an admin request (on the main thread); ``stopping``: leave messages to the broker;
+        ``claim`` takes messages that are not requests (True: handled, acknowledged); ``accepted``: a job queued."""
         self._bus = bus
         self._intake = intake
         self._ledger = ledger
@@ -48,10 +51,15 @@ class Inbox:
         self._stopping = stopping
         self._model_name = model_name
         self._queue_size = queue_size
+        self._claim = claim
+        self._accepted = accepted
 
     def receive(self, msg: Inbound) -> None:
         if self._stopping.is_set():
             return  # unacknowledged: the broker delivers it again after restart
+        if self._claim(msg):
+            self._bus.ack(msg)
+            return
         decision = self._intake.decide(msg)
         if decision is None:
             self._bus.ack(msg)
@@ -61,7 +69,9 @@ class Inbox:
             self._admin(decision)
         elif not self._admit(msg, decision):
             return  # a copy of a request edged knows: answered from the ledger, or acknowledged with the original
-        elif self._worker.submit(decision) is Admission.BUSY:
+        elif (admitted := self._worker.submit(decision)) is Admission.ACCEPTED:
+            self._accepted()
+        elif admitted is Admission.BUSY:
             self._delivery.result(decision, self._busy(decision))
 
     def _busy(self, job: Job) -> Result:

@@ -16,15 +16,18 @@ from edged.bus.mqtt import Inbound
 from edged.devices.commands import DeviceControl
 from edged.diagnostics.telemetry import TelemetryStore
 from edged.protocol import (
+    AREA_PATTERN,
     ID_PATTERN,
     PRIORITIES,
     AdminRequest,
     ErrorCode,
+    Kind,
     Limits,
     Priority,
     Request,
     RequestError,
     Result,
+    is_priority,
     parse_admin,
     parse_cancel,
     parse_confirm,
@@ -38,12 +41,12 @@ from edged.settings import RateLimitSettings, Settings
 
 log = structlog.get_logger("edged.intake")
 
-REQUEST_TOPICS = {"command": "command", "query": "query"}
+REQUEST_TOPICS: dict[str, Kind] = {"command": "command", "query": "query"}
 EVERY_INSTANCE = (
     "confirm",
     "cancel",
 )  # in a shared group these reach every instance: tokens and running requests are local
-OWN_TOPICS = {"status", "stats"}  # published by edged itself under {base}/
+OWN_TOPICS = {"status", "stats", "busy"}  # published by edged itself under {base}/
 ADMIN_ACTIONS = {"admin/reload": "reload"}
 DEFAULT_PRIORITY: dict[str, Priority] = {"command": "high", "query": "normal"}
 
@@ -52,14 +55,14 @@ def request_priority(kind: str, asked: str | None, request: Request) -> Priority
     """The scheduling class: as asked (payload field or MQTT 5 user property), else by kind."""
     if asked is None:
         return DEFAULT_PRIORITY.get(kind, "normal")
-    if asked not in PRIORITIES:
+    if not is_priority(asked):
         raise RequestError(
             ErrorCode.BAD_TYPE,
             f"priority: must be one of {', '.join(PRIORITIES)}",
             id=request.id,
             reply_to=request.reply_to,
         )
-    return asked  # type: ignore[return-value]
+    return asked
 
 
 @dataclass(frozen=True)
@@ -171,6 +174,7 @@ class Intake:
                 raise RequestError(
                     ErrorCode.BAD_TYPE, f"client: must match {ID_PATTERN}", id=request.id, reply_to=request.reply_to
                 )
+            request = _with_area(request, msg.user_property("area"))
             if self._limiter is not None and not self._limiter.allow(client):
                 wait_s = self._limiter.retry_after_s(client)
                 log.info("rate_limited", id=request.id, client=client, retry_after_s=round(wait_s, 1))
@@ -184,7 +188,7 @@ class Intake:
             return self._refuse(msg, exc, kind)
         assert request.id is not None
         return Job(
-            kind=kind,  # type: ignore[arg-type]
+            kind=kind,
             request=request,
             received_at=msg.received_at,
             deadline=self._deadline(msg, request.deadline_ms or settings.requests.default_deadline_ms),
@@ -268,9 +272,9 @@ class Intake:
         assert request.id is not None
         return Admin(action, request, self.reply_topic(msg, request.id, request.reply_to), msg)
 
-    def _refuse(self, msg: Inbound, exc: RequestError, kind: str | None) -> Reply:
+    def _refuse(self, msg: Inbound, exc: RequestError, kind: Kind | None) -> Reply:
         request_id = exc.id or "unknown"
-        result = error_result(request_id, exc.code, exc.message, kind=kind)  # type: ignore[arg-type]
+        result = error_result(request_id, exc.code, exc.message, kind=kind)
         return Reply(self.reply_topic(msg, request_id, exc.reply_to), result)
 
     @staticmethod
@@ -291,3 +295,14 @@ def _limiter(settings: RateLimitSettings | None, current: RateLimiter | None) ->
     if current is not None and (current.per_minute, current.burst, current.max_clients) == wanted:
         return current
     return RateLimiter(per_minute=settings.per_minute, burst=settings.burst, max_clients=settings.max_clients)
+
+
+def _with_area(request: Request, asked: str | None) -> Request:
+    """The speaker's area: the request's ``area`` field, else the MQTT 5 user property ``area``."""
+    if request.area is not None or asked is None:
+        return request
+    if not re.fullmatch(AREA_PATTERN, asked):
+        raise RequestError(
+            ErrorCode.BAD_TYPE, "area: 1-64 characters, no control characters", id=request.id, reply_to=request.reply_to
+        )
+    return request.model_copy(update={"area": asked})

@@ -26,6 +26,8 @@ from typing import Any
 
 import structlog
 
+from edged.bus.mqtt import Inbound
+
 log = structlog.get_logger("edged.ledger")
 
 PRUNE_EVERY = 64  # new requests between two prunes
@@ -80,7 +82,7 @@ class Ledger:
         self.run = uuid.uuid4().hex  # tells this process's requests from a crashed one's
         self._clock = clock
         self._lock = threading.Lock()
-        self._followers: dict[tuple[str, str], list[Any]] = {}  # copies to acknowledge with the original
+        self._followers: dict[tuple[str, str], list[Inbound]] = {}  # copies to acknowledge with the original
         self._new_since_prune = 0
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -98,7 +100,7 @@ class Ledger:
 
     # -- requests --------------------------------------------------------------------------
     def admit(
-        self, request_id: str, reply_topic: str, *, redelivered: bool, origin: Any = None, digest: str = ""
+        self, request_id: str, reply_topic: str, *, redelivered: bool, origin: Inbound | None = None, digest: str = ""
     ) -> Admit:
         """What to do with a request that just arrived; ``origin`` (the message) is kept if it is a PENDING copy.
 
@@ -129,7 +131,7 @@ class Ledger:
             self.prune()
         return verdict
 
-    def _verdict(self, key: tuple[str, str], row: tuple[Any, ...], redelivered: bool, origin: Any) -> Admit:
+    def _verdict(self, key: tuple[str, str], row: tuple[Any, ...], redelivered: bool, origin: Inbound | None) -> Admit:
         state, run, sent, result = row[:4]
         if state == "accepted" and run != self.run:
             self._db.execute(
@@ -151,13 +153,14 @@ class Ledger:
                 self._db.execute("DELETE FROM requests WHERE id=? AND reply_topic=?", (request_id, reply_topic))
             else:
                 self._db.execute(
-                    "INSERT INTO requests (id, reply_topic, state, run, sent, result, updated) VALUES (?, ?, 'done', ?, 0, ?, ?) "
+                    "INSERT INTO requests (id, reply_topic, state, run, sent, result, updated) "
+                    "VALUES (?, ?, 'done', ?, 0, ?, ?) "
                     "ON CONFLICT (id, reply_topic) DO UPDATE SET state='done', run=excluded.run, sent=0, "
                     "result=excluded.result, updated=excluded.updated",  # keeps the digest
                     (request_id, reply_topic, self.run, result, self._clock()),
                 )
 
-    def confirmed(self, request_id: str, reply_topic: str) -> list[Any]:
+    def confirmed(self, request_id: str, reply_topic: str) -> list[Inbound]:
         """The broker confirmed the result: remember that, and return the copies to acknowledge now."""
         key = (request_id, reply_topic)
         with self._lock:
@@ -205,7 +208,8 @@ class Ledger:
             self._new_since_prune = 0
             gone = self._db.execute("DELETE FROM requests WHERE updated < ?", (cutoff,)).rowcount
             gone += self._db.execute(
-                "DELETE FROM requests WHERE rowid IN (SELECT rowid FROM requests ORDER BY updated DESC LIMIT -1 OFFSET ?)",
+                "DELETE FROM requests WHERE rowid IN "
+                "(SELECT rowid FROM requests ORDER BY updated DESC LIMIT -1 OFFSET ?)",
                 (self.max_rows,),
             ).rowcount
             self._db.execute(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import structlog
 from pydantic import ValidationError
@@ -43,7 +42,9 @@ _MISSING = object()
 
 
 @dataclass(frozen=True)
-class Outcome:
+class ReloadPlan:
+    """A reload, decided: the settings that run from now on, and which changed paths apply or wait."""
+
     settings: Settings  # what runs after the reload: the old settings if refused
     changed: list[str] = field(default_factory=list)
     applied: list[str] = field(default_factory=list)
@@ -75,7 +76,7 @@ class Reloader:
         self._apply = apply
         self._notifier = notifier
 
-    def __call__(self, current: Settings) -> Outcome:
+    def __call__(self, current: Settings) -> ReloadPlan:
         self._notifier.reloading()
         outcome = reread(current, self._load)
         if outcome.ok:
@@ -102,24 +103,24 @@ def changed_paths(old: Settings, new: Settings) -> list[str]:
     return sorted(_diff(old.model_dump(), new.model_dump(), ""))
 
 
-def reread(current: Settings, load: Callable[[], Settings]) -> Outcome:
+def reread(current: Settings, load: Callable[[], Settings]) -> ReloadPlan:
     """Load and validate new settings; on any error keep ``current`` and say why."""
     try:
         new = load()
     except ValidationError as exc:
-        return Outcome(current, error="; ".join(error_lines(exc)))
+        return ReloadPlan(current, error="; ".join(error_lines(exc)))
     except (OSError, ValueError) as exc:  # missing file, TOML syntax error
-        return Outcome(current, error=f"{type(exc).__name__}: {exc}")
+        return ReloadPlan(current, error=f"{type(exc).__name__}: {exc}")
     return plan(current, new)
 
 
-def plan(old: Settings, new: Settings) -> Outcome:
+def plan(old: Settings, new: Settings) -> ReloadPlan:
     """What changed, what applies now, and the settings to run with (restart-only ones kept as they were)."""
     changed = changed_paths(old, new)
     restart = [p for p in changed if needs_restart(p)]
     applied = [p for p in changed if not needs_restart(p)]
     effective = _keep_restart_only(old, new) if restart else new
-    return Outcome(effective, changed, applied, restart)
+    return ReloadPlan(effective, changed, applied, restart)
 
 
 def _keep_restart_only(old: Settings, new: Settings) -> Settings:
@@ -133,7 +134,7 @@ def _keep_restart_only(old: Settings, new: Settings) -> Settings:
     return Settings.model_validate(data)
 
 
-def _diff(a: Any, b: Any, prefix: str) -> Iterator[str]:
+def _diff(a: object, b: object, prefix: str) -> Iterator[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         for key in a.keys() | b.keys():
             yield from _diff(a.get(key, _MISSING), b.get(key, _MISSING), f"{prefix}.{key}" if prefix else str(key))

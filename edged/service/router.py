@@ -30,7 +30,7 @@ def split_soft_switch(text: str) -> tuple[str, Mode | None]:
     found = _SWITCH.search(text)
     if found is None:
         return text, None
-    return text[: found.start()].rstrip(), found.group(1)  # type: ignore[return-value]
+    return text[: found.start()].rstrip(), "think" if found.group(1) == "think" else "no_think"
 
 
 def route(kind: Kind, text: str, *, think: bool | None, remembered: Mode | None) -> Route:
