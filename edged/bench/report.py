@@ -200,15 +200,13 @@ def engine_ratios(
     best_mlx: dict[str, Any] | None,
 ) -> dict[str, float | None]:
     """The llama.cpp engine against raw llama.cpp and its memory budget; the production shape against MLX."""
-    ok = llama_engine is not None and llama is not None and "rows" in llama
     engine = (production or {}).get("modes", {}).get("llamacpp-keep") or {}
     mlx = best_mlx or {}
+    ours, ref = llama_engine or {}, llama if llama is not None and "rows" in llama else {}
     return {
-        "llamacpp_p50_vs_llama_cpp": _ratio(llama_engine["idle"]["p50_ms"], llama["p50_ms"]) if ok else None,
-        "llamacpp_decode_vs_llama_cpp": _ratio(llama_engine.get("decode_tok_s"), llama.get("decode_tok_s"))
-        if ok
-        else None,
-        "llamacpp_rss_vs_budget": _ratio(llama_engine.get("peak_rss_mb"), budget_mb) if llama_engine else None,
+        "llamacpp_p50_vs_llama_cpp": _ratio((ours.get("idle") or {}).get("p50_ms"), ref.get("p50_ms")),
+        "llamacpp_decode_vs_llama_cpp": _ratio(ours.get("decode_tok_s"), ref.get("decode_tok_s")),
+        "llamacpp_rss_vs_budget": _ratio(ours.get("peak_rss_mb"), budget_mb),
         "production_decode_vs_mlx": _ratio(engine.get("decode_tok_s"), mlx.get("decode_tok_s")),
         "production_rss_vs_mlx": _ratio(engine.get("peak_rss_mb"), mlx.get("peak_rss_mb")),
     }

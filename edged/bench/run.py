@@ -299,7 +299,7 @@ def run(args: argparse.Namespace) -> int:
         from edged.models.store import models_dir
 
         modes = tuple(tuple(m.strip().split("-", 1)) for m in args.production_modes.split(",") if m.strip())
-        shape = production.measure(models_dir(), workdir, modes)  # type: ignore[arg-type]
+        shape = production.measure(models_dir(), workdir, modes)
     best = production.best_mlx(shape) if shape else None
     ratios.update(report.engine_ratios(llama_engine, refs["llama_cpp"], budget_mb, shape, best))
     devices = len(load_registry(args.registry).devices)
