@@ -230,13 +230,16 @@ def main(argv: list[str] | None = None) -> int:
     control = _control_on_signals()
     preload_blas(settings.model.blas)  # before mlx is first imported
     from edged.app import run
-    from edged.engine.mlx import MlxEngine
+    from edged.engine.select import create_engine
     from edged.models.files import ModelInvalid
     from edged.ops.metrics import MetricsUnavailable
 
     try:
         return run(
-            settings, lambda s: MlxEngine(s.model), control=control, reload_settings=lambda: load_settings(args.config)
+            settings,
+            lambda s: create_engine(s.model),
+            control=control,
+            reload_settings=lambda: load_settings(args.config),
         )
     except ModelInvalid as exc:  # includes ModelNotFound
         log.error("model_unusable", error=str(exc))

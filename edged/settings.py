@@ -245,7 +245,11 @@ class SchedulerSettings(_Section):
 
 class ModelSettings(_Section):
     path: str = Field(
-        "Qwen/Qwen3-4B-MLX-4bit", description="MLX model directory, or a repo id already in the local HF cache"
+        "Qwen/Qwen3-4B-MLX-4bit",
+        description="MLX model directory, a repo id already in the local HF cache, or a GGUF file (or its directory)",
+    )
+    engine: Literal["auto", "mlx", "llamacpp"] = Field(
+        "auto", description="auto: MLX on Apple silicon, llama.cpp for a GGUF model elsewhere when installed"
     )
     name: str | None = Field(None, description="name reported in results; default the path's last component")
     seed: int | None = Field(None, description="fix the sampling seed (tests, benchmarks)")

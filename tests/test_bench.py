@@ -95,7 +95,13 @@ def test_bench_quick_reports_every_figure(broker, tiny_model_dir: Path, tmp_path
         "during_query_p95_vs_idle",
         "throughput_8_vs_1",
         "overhead_share",
+        "llamacpp_p50_vs_llama_cpp",
+        "llamacpp_decode_vs_llama_cpp",
+        "llamacpp_rss_vs_budget",
+        "production_decode_vs_mlx",
+        "production_rss_vs_mlx",
     ]
+    assert doc["edged_llamacpp"] is None and doc["production"] is None  # no GGUF given; --production-shape off
     assert all(t["met"] in (True, False, None) for t in doc["targets"])
     assert len(doc["samples"]["idle"]) == 3 and all(s["usage"]["prompt_tokens"] > 0 for s in doc["samples"]["idle"])
     local = e["local_path"]  # commands the templates resolve: no generation, so no prompt tokens

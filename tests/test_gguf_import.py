@@ -131,70 +131,6 @@ def test_k_quants_are_refused(tmp_path, capsys):
     assert "Q6_K" in capsys.readouterr().err
 
 
-def _qwen3_gguf(tiny_model_dir, path):
-    """Write the tiny Qwen3 (float32) as a GGUF, the way llama.cpp names and describes qwen3 models."""
-    import mlx.core as mx
-    from gguf import GGUFWriter, TokenType
-
-    config = json.loads((tiny_model_dir / "config.json").read_text())
-    tok = json.loads((tiny_model_dir / "tokenizer.json").read_text())
-    tokens = [None] * config["vocab_size"]
-    types = [TokenType.UNUSED] * config["vocab_size"]
-    for text, i in tok["model"]["vocab"].items():
-        tokens[i], types[i] = text, TokenType.NORMAL
-    for added in tok["added_tokens"]:
-        tokens[added["id"]] = added["content"]
-        types[added["id"]] = TokenType.CONTROL if added["special"] else TokenType.USER_DEFINED
-    tokens = [t if t is not None else f"[PAD{i}]" for i, t in enumerate(tokens)]
-    merges = [m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]]
-    template = json.loads((tiny_model_dir / "tokenizer_config.json").read_text())["chat_template"]
-
-    w = GGUFWriter(str(path), "qwen3")
-    w.add_block_count(config["num_hidden_layers"])
-    w.add_context_length(config["max_position_embeddings"])
-    w.add_embedding_length(config["hidden_size"])
-    w.add_feed_forward_length(config["intermediate_size"])
-    w.add_head_count(config["num_attention_heads"])
-    w.add_head_count_kv(config["num_key_value_heads"])
-    w.add_key_length(config["head_dim"])
-    w.add_value_length(config["head_dim"])
-    w.add_rope_freq_base(config["rope_theta"])
-    w.add_layer_norm_rms_eps(config["rms_norm_eps"])
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("qwen2")
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_merges(merges)
-    w.add_eos_token_id(config["eos_token_id"])
-    w.add_chat_template(template)
-    names = {v: k for k, v in {"token_embd": "model.embed_tokens", "output_norm": "model.norm"}.items()}
-    blocks = {
-        "self_attn.q_proj": "attn_q",
-        "self_attn.k_proj": "attn_k",
-        "self_attn.v_proj": "attn_v",
-        "self_attn.o_proj": "attn_output",
-        "self_attn.q_norm": "attn_q_norm",
-        "self_attn.k_norm": "attn_k_norm",
-        "input_layernorm": "attn_norm",
-        "post_attention_layernorm": "ffn_norm",
-        "mlp.gate_proj": "ffn_gate",
-        "mlp.up_proj": "ffn_up",
-        "mlp.down_proj": "ffn_down",
-    }
-    for name, array in sorted(mx.load(str(tiny_model_dir / "model.safetensors")).items()):
-        stem = name.rsplit(".", 1)[0]
-        if stem in names:
-            gname = names[stem]
-        else:
-            _, _, layer, rest = stem.split(".", 3)
-            gname = f"blk.{layer}.{blocks[rest]}"
-        w.add_tensor(f"{gname}.weight", np.array(array.astype(mx.float32)))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-
-
 def test_qwen3_gguf_round_trip(tiny_model_dir, tmp_path):
     """A qwen3 GGUF (F32 tensors, qwen2 pre-tokenizer, thinking template) imports to the same model and tokens."""
     import mlx.core as mx
@@ -202,8 +138,9 @@ def test_qwen3_gguf_round_trip(tiny_model_dir, tmp_path):
 
     from edged.models.files import read_facts
     from edged.models.gguf_import import import_gguf
+    from edged.models.testmodel_gguf import export_qwen3_gguf
 
-    _qwen3_gguf(tiny_model_dir, tmp_path / "tiny.gguf")
+    export_qwen3_gguf(tiny_model_dir, tmp_path / "tiny.gguf")
     out = import_gguf(tmp_path / "tiny.gguf", tmp_path / "imported")
     original, original_tok = load(str(tiny_model_dir))
     model, tok = load(str(out))

@@ -27,6 +27,7 @@ class DaemonConfig:
     max_tokens: int  # non-thinking budget: commands (and queries on models without a thinking mode)
     think_max_tokens: int
     thinking_budget: int
+    engine: str = "auto"  # model.engine: mlx | llamacpp | auto
 
     def toml(self) -> str:
         # Greedy commands so edged and the baselines generate the same text; thinking is never greedy.
@@ -41,6 +42,7 @@ session_expiry_s = 0
 [model]
 path = {json.dumps(self.model_path)}
 name = {json.dumps(self.model_name)}
+engine = "{self.engine}"
 seed = 0
 
 [model.no_think]

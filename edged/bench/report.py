@@ -16,6 +16,11 @@ TARGETS = [
     ("command p95 during a query vs idle p95", "during_query_p95_vs_idle", "<=", 2.0),
     ("throughput at concurrency 8 vs 1", "throughput_8_vs_1", ">=", 3.0),
     ("edged's own overhead share of latency", "overhead_share", "<=", 0.05),
+    ("llama.cpp engine command p50 vs raw llama.cpp", "llamacpp_p50_vs_llama_cpp", "<=", 1.2),
+    ("llama.cpp engine decode vs raw llama.cpp", "llamacpp_decode_vs_llama_cpp", ">=", 0.9),
+    ("llama.cpp engine peak RSS vs GGUF+KV+300 MB", "llamacpp_rss_vs_budget", "<=", 1.0),
+    ("production shape: decode vs best MLX mode", "production_decode_vs_mlx", ">=", 3.0),
+    ("production shape: peak RSS vs that MLX mode", "production_rss_vs_mlx", "<=", 0.2),
 ]
 
 
@@ -185,3 +190,23 @@ def targets(r: dict[str, float | None]) -> list[dict[str, Any]]:
         met = None if value is None else (value <= goal if op == "<=" else value >= goal)
         rows.append({"target": label, "key": key, "value": value, "goal": f"{op} {goal:g}", "met": met})
     return rows
+
+
+def engine_ratios(
+    llama_engine: dict[str, Any] | None,
+    llama: dict[str, Any] | None,
+    budget_mb: float | None,
+    production: dict[str, Any] | None,
+    best_mlx: dict[str, Any] | None,
+) -> dict[str, float | None]:
+    """The llama.cpp engine against raw llama.cpp and its memory budget; the production shape against MLX."""
+    engine = (production or {}).get("modes", {}).get("llamacpp-keep") or {}
+    mlx = best_mlx or {}
+    ours, ref = llama_engine or {}, llama if llama is not None and "rows" in llama else {}
+    return {
+        "llamacpp_p50_vs_llama_cpp": _ratio((ours.get("idle") or {}).get("p50_ms"), ref.get("p50_ms")),
+        "llamacpp_decode_vs_llama_cpp": _ratio(ours.get("decode_tok_s"), ref.get("decode_tok_s")),
+        "llamacpp_rss_vs_budget": _ratio(ours.get("peak_rss_mb"), budget_mb),
+        "production_decode_vs_mlx": _ratio(engine.get("decode_tok_s"), mlx.get("decode_tok_s")),
+        "production_rss_vs_mlx": _ratio(engine.get("peak_rss_mb"), mlx.get("peak_rss_mb")),
+    }

@@ -21,7 +21,7 @@ from typing import Any
 
 import structlog
 
-from edged.bench import llamacpp, report, table
+from edged.bench import llamacpp, production, report, table
 from edged.bench.baseline import run_child
 from edged.bench.daemon import BenchDaemon, DaemonConfig
 from edged.bench.driver import Driver, Sample
@@ -87,6 +87,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=True,
         help="the llama.cpp column, when llama_cpp is installed",
     )
+    p.add_argument(
+        "--llamacpp-engine",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run edged on its llama.cpp engine (same GGUF weights), when llama_cpp is installed",
+    )
+    p.add_argument(
+        "--production-shape",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="random Qwen3-1.7B-shaped Q4_0 weights on both engines (writes ~1 GB into edged's cache; minutes)",
+    )
+    p.add_argument(
+        "--production-modes",
+        default="llamacpp-keep,mlx-float32,mlx-keep",
+        help="engine-dtype pairs of the production-shape row (MLX 4-bit on a CPU takes minutes)",
+    )
     p.add_argument("--json", type=Path, help="also write every figure (and the samples) here")
     p.add_argument("--host", default="127.0.0.1", help="MQTT broker")
     p.add_argument("--port", type=int, default=1883)
@@ -118,8 +135,8 @@ def choose_model(which: str, gguf: Path | None) -> ModelChoice:
     return ModelChoice(path, Path(which.rstrip("/")).name, gguf)
 
 
-def drive(args: argparse.Namespace, model: ModelChoice, workdir: Path) -> dict[str, Any]:
-    """Start edged, run the three phases over MQTT, read its peak memory, stop it."""
+def drive(args: argparse.Namespace, model: ModelChoice, workdir: Path, engine: str = "mlx") -> dict[str, Any]:
+    """Start edged on ``engine``, run the three phases over MQTT, read its peak memory, stop it."""
     from edged.bus.client import EdgedClient
 
     node = f"bench-{uuid.uuid4().hex[:8]}"
@@ -133,6 +150,7 @@ def drive(args: argparse.Namespace, model: ModelChoice, workdir: Path) -> dict[s
         args.max_tokens,
         args.think_max_tokens,
         args.thinking_budget,
+        engine,
     )
     texts = case_texts(args.cases)
     local = resolved_without_model(args.registry, texts)
@@ -222,6 +240,29 @@ def references(
     return out
 
 
+def _llamacpp_engine(
+    args: argparse.Namespace, model: ModelChoice, workdir: Path
+) -> tuple[dict[str, Any] | None, float | None]:
+    """edged on its llama.cpp engine with the same GGUF weights (figures), and its memory budget in MB:
+    the file, its KV cache (model.max_context cells, f16) and 300 MB."""
+    if not (args.llamacpp_engine and llamacpp.available() and model.gguf is not None):
+        return None, None
+    from edged.engine.llamacpp import DEFAULT_CONTEXT
+    from edged.engine.llamacpp_facts import kv_bytes_per_token
+    from edged.models.gguf_import import read_header
+
+    meta, _ = read_header(model.gguf)
+    kv_mb = DEFAULT_CONTEXT * kv_bytes_per_token(meta, str(meta.get("general.architecture"))) / 2**20
+    budget_mb = round(model.gguf.stat().st_size / 2**20 + kv_mb + 300, 1)
+    try:
+        measured = drive(args, ModelChoice(model.gguf, model.name, model.gguf), workdir, engine="llamacpp")
+    except Exception as exc:  # the MLX figures and the references still stand
+        log.error("llamacpp_engine_run_failed", error=str(exc), log=str(workdir / "edged-bench.log"))
+        return None, budget_mb
+    figures = report.edged_figures(measured["phases"], measured["stats"], measured["peak_rss_mb"], measured["load_s"])
+    return figures, budget_mb
+
+
 def run(args: argparse.Namespace) -> int:
     if args.quick:
         for key, value in QUICK.items():
@@ -249,9 +290,18 @@ def run(args: argparse.Namespace) -> int:
             }
         )
     )
+    llama_engine, budget_mb = _llamacpp_engine(args, model, workdir)
     refs = references(args, model, idle, measured["texts"], workdir)
     edged = report.edged_figures(measured["phases"], measured["stats"], measured["peak_rss_mb"], measured["load_s"])
     ratios = report.ratios(edged, refs["baseline"], refs["llama_cpp"])
+    shape = None
+    if args.production_shape:
+        from edged.models.store import models_dir
+
+        modes = tuple(tuple(m.strip().split("-", 1)) for m in args.production_modes.split(",") if m.strip())
+        shape = production.measure(models_dir(), workdir, modes)
+    best = production.best_mlx(shape) if shape else None
+    ratios.update(report.engine_ratios(llama_engine, refs["llama_cpp"], budget_mb, shape, best))
     devices = len(load_registry(args.registry).devices)
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     machine = f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores"
@@ -278,6 +328,9 @@ def run(args: argparse.Namespace) -> int:
         "edged": edged,
         "baseline": refs["baseline"],
         "llama_cpp": refs["llama_cpp"],
+        "edged_llamacpp": llama_engine,
+        "llamacpp_memory_budget_mb": budget_mb,
+        "production": shape,
         "same_prompts": refs["same_prompts"],
         "ratios": ratios,
         "targets": report.targets(ratios),

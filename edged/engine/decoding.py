@@ -1,6 +1,6 @@
 """One generation as a resumable state machine: prompt, KV cache, sampling, grammar, counts.
 
-Part of the engine (imports mlx). The scheduler decides when a sequence advances and feeds its
+Part of the engine. The MLX scheduler decides when a sequence advances and feeds its
 ``pending`` tokens to the model (alone during prefill, in a batch while decoding); the sequence
 turns the resulting logits into its next token and the grammar's forced continuation.
 """
@@ -12,16 +12,17 @@ import time
 from collections.abc import Callable
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
-from typing import Any
-
-import mlx.core as mx
+from typing import TYPE_CHECKING, Any
 
 from edged.engine.grammar import JsonConstraint
 from edged.engine.types import GenerationRequest
 from edged.protocol import Priority
 
-Sampler = Callable[[mx.array], mx.array]
-Processor = Callable[[mx.array, mx.array], mx.array]
+if TYPE_CHECKING:
+    import mlx.core as mx
+
+Sampler = Callable[["mx.array"], "mx.array"]
+Processor = Callable[["mx.array", "mx.array"], "mx.array"]
 WRAP_UP_TOKENS = 64  # this close to max_tokens (or within its last half), a constrained answer heads for its end
 
 
@@ -79,6 +80,8 @@ class Sequence:
 
     def sample(self, logits: mx.array) -> mx.array:
         """The sampled next token (lazy) from the logits after ``pending``, shape (1, vocab)."""
+        import mlx.core as mx
+
         if self.processors:  # they see the generated tokens (presence penalty, thinking budget)
             context = mx.array(self.generated, dtype=mx.int32)
             for processor in self.processors:

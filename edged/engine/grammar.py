@@ -1,7 +1,8 @@
-"""Constrained decoding: llguidance turns a JSON Schema into a per-token mask for MLX.
+"""Constrained decoding: llguidance turns a JSON Schema into a per-token mask.
 
-Part of the engine (imports mlx). The mask is computed on the CPU with NumPy and applied with
-``mx.where``, which works on every MLX backend (llguidance's own MLX kernel needs Metal).
+The mask is computed on the CPU with NumPy (:meth:`JsonConstraint.mask`), which the llama.cpp
+engine applies to its logits directly; the MLX engine applies it with ``mx.where``, which works on
+every MLX backend (llguidance's own MLX kernel needs Metal). mlx is imported only for that.
 """
 
 from __future__ import annotations
@@ -11,14 +12,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import llguidance
 import llguidance.hf
-import mlx.core as mx
 import numpy as np
 import structlog
 from llguidance.numpy import allocate_token_bitmask, fill_next_token_bitmask
+
+if TYPE_CHECKING:
+    import mlx.core as mx
 
 log = structlog.get_logger("edged.grammar")
 JSON_OPTIONS = {"whitespace_flexible": False}  # flexible whitespace lets sampling run away on spaces
@@ -38,9 +41,10 @@ def _compile(schema_json: str) -> str:
 class Grammars:
     """Builds the llguidance tokenizer once per model; compiles each schema once."""
 
-    def __init__(self, hf_tokenizer: Any, vocab_size: int):
+    def __init__(self, hf_tokenizer: Any, vocab_size: int, *, lltokenizer: llguidance.LLTokenizer | None = None):
+        """From a Hugging Face fast tokenizer, or an llguidance tokenizer built elsewhere (``lltokenizer``)."""
         started = time.perf_counter()
-        self._tokenizer = llguidance.hf.from_tokenizer(hf_tokenizer, n_vocab=vocab_size)
+        self._tokenizer = lltokenizer or llguidance.hf.from_tokenizer(hf_tokenizer, n_vocab=vocab_size)
         self.vocab_size = vocab_size
         texts = [self._tokenizer.decode_bytes([token]) for token in range(min(vocab_size, self._tokenizer.vocab_size))]
         self._closers = Closers(
@@ -147,26 +151,38 @@ class JsonConstraint:
             return []
         return self.forced(limit)
 
-    def apply(self, logits: mx.array, *, wrap_up: bool = False) -> mx.array:
-        """Only the tokens the grammar allows next keep their logits.
-
-        ``wrap_up`` (the token limit is near): an allowed token that ends the current string (inside
-        one) or list or object (outside) wins, so the answer takes its shortest way to a valid end
-        instead of being cut off.
-        """
-        if not self._active:
-            return logits
+    def mask(self, size: int, *, wrap_up: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """The tokens the grammar allows next (``size`` booleans) and, with ``wrap_up`` (the token limit
+        is near), a bonus for the allowed tokens that end the current string (inside one) or list or
+        object (outside), so the answer takes its shortest way to a valid end instead of being cut off."""
         started = time.perf_counter()
         fill_next_token_bitmask(self.matcher, self._mask, 0)
-        allowed = np.unpackbits(self._mask.view(np.uint8), bitorder="little")[: logits.shape[-1]].astype(bool)
+        allowed = np.unpackbits(self._mask.view(np.uint8), bitorder="little")[:size].astype(bool)
         self.mask_seconds += time.perf_counter() - started
         self.steps += 1
+        bonus = None
         if wrap_up and self._closers is not None:
             ends = self._closers.string if self._in_string else self._closers.structure
             closing = allowed & ends[: allowed.size]
             if closing.any():
-                logits = logits + mx.array(closing.astype(np.float32) * WRAP_UP_BONUS)
+                bonus = closing.astype(np.float32) * WRAP_UP_BONUS
+        return allowed, bonus
+
+    def apply(self, logits: mx.array, *, wrap_up: bool = False) -> mx.array:
+        """Only the tokens the grammar allows next keep their logits (see :meth:`mask`)."""
+        if not self._active:
+            return logits
+        import mlx.core as mx
+
+        allowed, bonus = self.mask(logits.shape[-1], wrap_up=wrap_up)
+        if bonus is not None:
+            logits = logits + mx.array(bonus)
         return mx.where(mx.array(allowed), logits, -mx.inf)
+
+    @property
+    def active(self) -> bool:
+        """The constraint applies to the next token (after ``start_after``, if any)."""
+        return self._active
 
     @property
     def stopped(self) -> bool:

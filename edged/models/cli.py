@@ -30,6 +30,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     info.add_argument("model", help="a model directory or a repo id in the local cache")
     info.add_argument("--context", type=int, default=4096, help="context length for the memory estimate")
     info.add_argument("--dtype", default="auto", choices=["auto", "keep", "float32", "bfloat16", "float16"])
+    info.add_argument("--engine", default="auto", choices=["auto", "mlx", "llamacpp"], help="as model.engine")
     info.add_argument("--json", action="store_true")
 
 
@@ -83,9 +84,49 @@ def _list(_args: argparse.Namespace) -> int:
     return 0
 
 
+def engine_line(path_or_id: str, engine: str = "auto") -> dict[str, str]:
+    """The engine ``edged run`` would choose for this model on this host, and why."""
+    from edged.engine.select import EngineUnavailable, choose_engine
+    from edged.settings import ModelSettings
+
+    try:
+        choice = choose_engine(ModelSettings(path=path_or_id, engine=engine))
+    except EngineUnavailable as exc:
+        return {"engine": "none", "engine_reason": str(exc)}
+    return {"engine": choice.engine, "engine_reason": choice.reason}
+
+
+def describe_gguf(path: Path, *, context: int) -> dict[str, Any]:
+    """What the GGUF header says (no tensor data is read)."""
+    from edged.engine.llamacpp_facts import kv_bytes_per_token
+    from edged.models.gguf_import import read_header
+
+    meta, _types = read_header(path)
+    arch = str(meta.get("general.architecture", "?"))
+    tokens = meta.get("tokenizer.ggml.tokens") or []
+    template = str(meta.get("tokenizer.chat_template") or "")
+    trained = int(meta.get(f"{arch}.context_length", 0))
+    kv = kv_bytes_per_token(meta, arch)
+    size = path.stat().st_size
+    return {
+        "path": str(path),
+        "architecture": arch,
+        "file_type": meta.get("general.file_type"),
+        "size_on_disk_bytes": size,
+        "context_length": trained,
+        "thinking": "enable_thinking" in template and "</think>" in tokens,
+        "estimated_memory_bytes": size + kv * context,
+        "estimated_at_context": context,
+    }
+
+
 def describe(path_or_id: str, *, context: int, dtype: str) -> dict[str, Any]:
+    from edged.engine.select import gguf_file
     from edged.models.files import choose_dtype, read_facts, resolve_model_path, total_memory_bytes
 
+    gguf = gguf_file(path_or_id)
+    if gguf is not None:
+        return describe_gguf(gguf, context=context)
     facts = read_facts(resolve_model_path(path_or_id))
     metal = _metal_available()
     chosen, reason = choose_dtype(dtype, facts, metal=metal, ram_bytes=total_memory_bytes())
@@ -115,14 +156,18 @@ def _info(args: argparse.Namespace) -> int:
     from edged.models.files import ModelInvalid, ModelNotFound
 
     try:
-        info = describe(args.model, context=args.context, dtype=args.dtype)
+        info = {**describe(args.model, context=args.context, dtype=args.dtype), **engine_line(args.model, args.engine)}
     except (ModelNotFound, ModelInvalid) as exc:
         print(f"edged: {exc}", file=sys.stderr)
         return EXIT_UNSUPPORTED
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
+    if "weights_at_load" not in info:
+        _print_gguf(info)
+        return 0
     gb = 1e9
+    print(f"engine          {info['engine']}: {info['engine_reason']}")
     print(f"path            {info['path']}")
     print(f"architecture    {info['architecture']}, {info['parameters'] / 1e6:.1f}M parameters")
     print(f"quantisation    {info['quantization']}; {info['size_on_disk_bytes'] / gb:.2f} GB on disk")
@@ -133,3 +178,17 @@ def _info(args: argparse.Namespace) -> int:
     memory_gb = info["estimated_memory_bytes"] / gb
     print(f"memory          ~{memory_gb:.2f} GB at {info['estimated_at_context']} tokens of context")
     return 0
+
+
+def _print_gguf(info: dict[str, Any]) -> None:
+    gb = 1e9
+    print(f"engine          {info['engine']}: {info['engine_reason']}")
+    print(f"path            {info['path']}")
+    print(f"architecture    {info['architecture']} (GGUF, file type {info['file_type']})")
+    print(f"size            {info['size_on_disk_bytes'] / gb:.2f} GB on disk")
+    print(f"context         {info['context_length']} tokens native")
+    print(f"thinking        {'yes (Qwen3-style enable_thinking and <think> tokens)' if info['thinking'] else 'no'}")
+    print(
+        f"memory          ~{info['estimated_memory_bytes'] / gb:.2f} GB at {info['estimated_at_context']} tokens of "
+        "context (llama.cpp: the file, mapped, and its f16 KV cache)"
+    )
