@@ -132,8 +132,10 @@ SMOL_ENV = {
 
 
 def test_sigkill_with_a_device_command_waiting_dispatches_it_once(make_node, tmp_path, smollm2_dir):
-    """A command waits behind a query when edged is killed: after restart it runs once, and its device
-    command reaches the device topic once (the ledger claims it before publishing)."""
+    """A command sent while a query generates, then edged is killed: the command runs once and its device
+    command reaches the device topic once (the ledger claims it before publishing). The query is resumed
+    after the restart; the command too, unless it was answered before the kill (templates resolve it
+    without waiting for the model)."""
     prefix = f"crash-{uuid.uuid4().hex[:8]}"
     registry = tmp_path / "registry.toml"
     registry.write_text(LIGHT_REGISTRY.format(prefix=prefix))
@@ -155,7 +157,8 @@ def test_sigkill_with_a_device_command_waiting_dispatches_it_once(make_node, tmp
     print(f"fault_devices fault=sigkill_device_command dispatched={len(dispatched)} device_commands={len(device)}")
     assert result["status"] == "ok" and dispatched, result  # the test means something only if it dispatched
     assert len(device) == len(dispatched), "a device command went out twice (or not at all)"
-    assert sorted(e["id"] for e in edged.events() if e["event"] == "request_resumed") == sorted([query, command])
+    resumed = {e["id"] for e in edged.events() if e["event"] == "request_resumed"}
+    assert query in resumed and resumed <= {query, command}, resumed
     tally.assert_exactly_once()
 
 
