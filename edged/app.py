@@ -348,6 +348,8 @@ class Daemon:
             self.bus.stop()
         if self.metrics is not None:
             self.metrics.stop()
+        if self.engine is not None:  # its thread joined: none is left inside the model at exit
+            self.engine.close()
         self.ledger.close()
         log.info("stopped", peak_rss_mb=peak_rss_mb())
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import logging
 import os
 import queue
 import signal
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import structlog
 from pydantic import ValidationError
@@ -235,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     from edged.ops.metrics import MetricsUnavailable
 
     try:
-        return run(
+        code = run(
             settings,
             lambda s: create_engine(s.model),
             control=control,
@@ -247,6 +249,17 @@ def main(argv: list[str] | None = None) -> int:
     except MetricsUnavailable as exc:
         log.error("metrics_unavailable", error=str(exc))
         return EXIT_CONFIG
+    _leave(code)
+
+
+def _leave(code: int) -> NoReturn:
+    """Exit without the interpreter's teardown. The daemon has stopped and closed everything it owns; what is
+    left are native libraries' threads (MLX, the tokenizer), whose teardown at exit can abort the process
+    (SIGABRT) and turn a clean stop, or exit code 3, into a crash for the service manager."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _eval(args: argparse.Namespace) -> int:

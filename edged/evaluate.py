@@ -277,6 +277,9 @@ class RefusingEngine:
     def count_tokens(self, text: str) -> int:
         return len(text.split())
 
+    def close(self) -> None:
+        pass
+
 
 def cli_eval(args: Any, settings: Any) -> int:
     """``edged eval``: the pipeline on a set; ``--compare`` adds the model alone, ``--grounding`` grounded vs plain."""

@@ -140,7 +140,7 @@ def start_daemon(broker, engine, tiny_model_dir) -> Iterator[Callable[..., Any]]
         """``own_engine``: load the model with these settings (load-time options); ``use_engine``: this one."""
         from edged.engine.mlx import MlxEngine
 
-        factory = (lambda s: MlxEngine(s.model)) if own_engine else (lambda _s: use_engine or engine)
+        factory = (lambda s: MlxEngine(s.model)) if own_engine else (lambda _s: Lent(use_engine or engine))
         settings = settings or make_settings(tiny_model_dir, **overrides)
         if not own_engine and use_engine is None:
             share_engine(engine, settings)
@@ -154,6 +154,20 @@ def start_daemon(broker, engine, tiny_model_dir) -> Iterator[Callable[..., Any]]
     for daemon in started:
         daemon.stop()
     engine.scheduler.max_batch = max_batch
+
+
+class Lent:
+    """A session engine lent to one daemon: the daemon's stop() closes the engine it was given, and the
+    tests after it still need this one."""
+
+    def __init__(self, engine: Any) -> None:
+        self._engine = engine
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+    def close(self) -> None:
+        pass
 
 
 def share_engine(engine: Any, settings: Settings) -> None:

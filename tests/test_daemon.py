@@ -291,3 +291,17 @@ def test_warm_up_fills_the_prompt_cache_before_going_online(start_daemon, client
         cached[warm] = (first["usage"]["cached_tokens"], first["usage"]["prompt_tokens"])
     assert cached[False][0] == 0
     assert cached[True][0] > 0.9 * cached[True][1]  # all but the request's own words
+
+
+def test_stop_closes_the_engine_it_loaded_and_joins_its_thread(start_daemon, client_for):
+    """A daemon's engine thread must not outlive stop(): a thread left inside MLX at interpreter exit can abort
+    the process, turning a clean stop (or exit code 3) into SIGABRT for the service manager."""
+    import threading
+
+    before = set(threading.enumerate())
+    d = start_daemon(own_engine=True)
+    assert client_for(d.base).request("command", {"text": "lights on"})["status"] in ("ok", "error")
+    engine_threads = [t for t in set(threading.enumerate()) - before if t.name == "edged-engine"]
+    assert len(engine_threads) == 1
+    d.stop()
+    assert not engine_threads[0].is_alive()

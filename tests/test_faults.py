@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from conftest import make_settings, share_engine
+from conftest import Lent, make_settings, share_engine
 from proc import Mosquitto, free_port
 from tally import Tally, log_events
 from test_devices import GREEDY, SMALL
@@ -48,7 +48,7 @@ def daemon_on(engine, tiny_model_dir) -> Iterator:
             model={"think": LONG_THINK, "scheduler": {"max_batch": 1}},
         )
         share_engine(engine, settings)
-        daemon = Daemon(settings, lambda _s: engine, notifier=notifier)
+        daemon = Daemon(settings, lambda _s: Lent(engine), notifier=notifier)
         started.append(daemon)
         daemon.start()
         if wait:

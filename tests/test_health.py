@@ -6,13 +6,14 @@ import threading
 import uuid
 
 import pytest
-from conftest import make_settings
+from conftest import Lent, make_settings
+from standins import StandInEngine
 
 from edged.engine.types import Done, Generation, GenerationRequest
 from edged.ops.sdnotify import Notifier
 
 
-class HungEngine:
+class HungEngine(StandInEngine):
     """Blocks inside submit() without reporting a token: a model that hangs, until released."""
 
     name = "hung-engine"
@@ -37,15 +38,6 @@ class HungEngine:
                 finish_reason="stop",
             )
         )
-
-    def queued(self) -> int:
-        return 0
-
-    def withdraw(self) -> list[GenerationRequest]:
-        return []
-
-    def count_tokens(self, text: str) -> int:
-        return len(text.split())
 
 
 @pytest.fixture
@@ -115,7 +107,7 @@ def test_starting_while_the_model_loads_and_requests_wait_for_it(
 
     def slow_load(_settings):
         assert may_load.wait(30)
-        return engine
+        return Lent(engine)
 
     daemon = Daemon(make_settings(tiny_model_dir), slow_load, notifier=Notifier(notify_socket.path))
     c = client_for(daemon.base)
@@ -209,3 +201,15 @@ def test_home_assistant_discovery_describes_status_and_stats(start_daemon, clien
                 assert value == "online" and "availability" not in comp  # the state sensor can show offline
     finally:
         c.publish(config.topic, b"", retain=True)  # leave the shared broker clean
+
+
+def test_stop_closes_the_engine(broker, tiny_model_dir):
+    """The daemon owns the engine its factory made: stop() closes it, also when it never went online."""
+    from edged.app import Daemon
+
+    engine = HungEngine()
+    engine.release.set()
+    daemon = Daemon(make_settings(tiny_model_dir, model={"warm_up": False}), lambda _s: engine)
+    daemon.start()
+    daemon.stop()
+    assert engine.closed

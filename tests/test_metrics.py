@@ -9,7 +9,7 @@ import subprocess
 import urllib.request
 
 import pytest
-from conftest import make_settings
+from conftest import Lent, make_settings
 from prometheus_client.parser import text_string_to_metric_families
 
 from edged import __version__
@@ -108,7 +108,7 @@ def test_a_taken_port_stops_start_up_with_a_clear_error(broker, engine, tiny_mod
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        daemon = Daemon(make_settings(tiny_model_dir, metrics={"prometheus_port": port}), lambda _s: engine)
+        daemon = Daemon(make_settings(tiny_model_dir, metrics={"prometheus_port": port}), lambda _s: Lent(engine))
         with pytest.raises(MetricsUnavailable, match=f"127.0.0.1:{port}"):
             daemon.start()
         daemon.stop()

@@ -6,7 +6,7 @@ import shutil
 from collections.abc import Iterator
 
 import pytest
-from conftest import make_settings
+from conftest import Lent, make_settings
 from proc import Mosquitto, free_port
 
 pytestmark = pytest.mark.skipif(shutil.which("mosquitto") is None, reason="needs the mosquitto binary")
@@ -28,7 +28,7 @@ def test_broker_restart_resubscribes_and_answers(private_broker, engine, tiny_mo
     settings = make_settings(
         tiny_model_dir, mqtt={"port": private_broker.port, "reconnect_min_s": 1, "reconnect_max_s": 2}
     )
-    daemon = Daemon(settings, lambda _s: engine)
+    daemon = Daemon(settings, lambda _s: Lent(engine))
     daemon.start()
     try:
         assert daemon.ready.wait(15)

@@ -7,6 +7,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from standins import StandInEngine
 
 from edged.engine.types import Done, Generation, GenerationRequest
 from edged.protocol import Request, Result
@@ -41,7 +42,7 @@ class FakeClock:
         return self.now
 
 
-class FakeEngine:
+class FakeEngine(StandInEngine):
     """Returns queued generations (or GEN) and records every call."""
 
     name = "fake-qwen"
@@ -61,15 +62,6 @@ class FakeEngine:
             }
         )
         on_done(self.results.pop(0) if self.results else GEN)
-
-    def queued(self) -> int:
-        return 0
-
-    def withdraw(self) -> list[GenerationRequest]:
-        return []
-
-    def count_tokens(self, text: str) -> int:
-        return len(text.split())
 
 
 def make_service(engine: FakeEngine, clock: FakeClock) -> Service:

@@ -106,6 +106,10 @@ class Engine(Protocol):
 
     def count_tokens(self, text: str) -> int: ...
 
+    def close(self) -> None:
+        """Stop the engine's threads and wait for them; generations still in flight fail."""
+        ...
+
 
 def generate(engine: Engine, request: GenerationRequest) -> Generation:
     """Submit ``request`` and wait for it: the generation, or the exception the engine reported."""

@@ -137,7 +137,10 @@ class Worker:
         assert self._pool is not None
         with self._cond:
             self._submitted.pop(id(started.request), None)
-        self._pool.submit(self._complete, started, outcome)
+        try:
+            self._pool.submit(self._complete, started, outcome)
+        except RuntimeError:  # stopped past the grace and the engine closed: the broker redelivers it
+            log.warning("generation_ended_after_stop", id=started.job.request.id)
 
     def _complete(self, started: Started, outcome: Generation | Exception) -> None:
         assert self._service is not None
