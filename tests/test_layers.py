@@ -79,6 +79,19 @@ def test_engine_types_import_no_engine_library() -> None:
     assert not [n for n in names if n.startswith("edged.engine.") and not n.startswith("edged.engine.errors")]
 
 
+ENGINE_NEUTRAL = ("edged.engine.queueing",)  # the engine modules both engines build on
+ENGINE_SPECIFIC = ("edged.engine.mlx", "edged.engine.scheduler", "edged.engine.forward", "edged.engine.llamacpp")
+
+
+def test_engine_neutral_modules_import_no_engine() -> None:
+    """What both engines share imports neither engine library nor either engine's own modules."""
+    assert set(ENGINE_NEUTRAL) <= MODULES.keys()
+    for module in ENGINE_NEUTRAL:
+        names = [name for name, _line in MODULES[module]]
+        assert not [n for n in names if n.split(".")[0] in ENGINE_LIBRARIES], module
+        assert not [n for n in names if any(n == e or n.startswith(e) for e in ENGINE_SPECIFIC)], module
+
+
 def test_no_package_imports_the_composition_modules() -> None:
     """app, cli and demo sit on top: only they may import each other."""
     hits = {m: h for m, h in _importers(*COMPOSITION).items() if m not in COMPOSITION}

@@ -1,7 +1,9 @@
 """The llama.cpp engine loop: one thread owns the context and advances every generation, step by step.
 
-As the MLX scheduler does, each step serves one priority class (``high`` commands before ``normal``
-queries before ``low``), a lower class that waited ``fair_share`` steps getting the next one:
+The queue, priorities, fairness and closing are the engine-neutral
+:class:`edged.engine.queueing.StepScheduler`'s, as for the MLX scheduler; this module supplies the
+steps. Each step serves one priority class (``high`` commands before ``normal`` queries before
+``low``), a lower class that waited ``fair_share`` steps getting the next one:
 
 - a **prefill** step feeds up to ``prefill_chunk`` prompt tokens of the class's next waiting
   generation into its own llama.cpp sequence, which starts with the longest kept prefix of its
@@ -16,23 +18,17 @@ sequence until its class runs again (preemption without recomputation).
 
 from __future__ import annotations
 
-import threading
-from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import structlog
 
 from edged.engine.decoding import WRAP_UP_TOKENS
 from edged.engine.decoding import Sequence as GenSequence
 from edged.engine.llamacpp_cache import KeptPrefixes, SeqPool
 from edged.engine.llamacpp_runtime import Feed, KvCacheFull, Runtime
 from edged.engine.llamacpp_sampling import Sampler
-from edged.protocol import PRIORITIES, Priority
-
-log = structlog.get_logger("edged.scheduler")
+from edged.engine.queueing import PriorityClass, StepScheduler, guarded
 
 
 def _no_mlx_sampler(_logits: Any) -> Any:
@@ -53,18 +49,13 @@ class LlamaSequence(GenSequence):
         return self.chooser.choose(logits, self.generated, self.constraint, wrap_up=wrap_up)
 
 
-class _Class:
-    def __init__(self) -> None:
-        self.waiting: deque[LlamaSequence] = deque()
-        self.batch: list[LlamaSequence] = []
-        self.decoded_last = False
-        self.waited = 0
-
-    def runnable(self, max_batch: int) -> bool:
-        return bool(self.batch) or (bool(self.waiting) and len(self.batch) < max_batch)
+_Class = PriorityClass[LlamaSequence]  # a class's generations hold their KV in their own llama.cpp sequences
 
 
-class LlamaScheduler:
+class LlamaScheduler(StepScheduler[LlamaSequence, _Class]):
+    """The llama.cpp engine loop: prefill and decode steps as ``llama_decode`` calls (queueing:
+    :class:`StepScheduler`)."""
+
     def __init__(
         self,
         runtime: Runtime,
@@ -78,118 +69,10 @@ class LlamaScheduler:
         self._rt = runtime
         self._pool = pool
         self._prefixes = prefixes
-        self.max_batch = max_batch
-        self.fair_share = fair_share
-        self.prefill_chunk = min(prefill_chunk, runtime.n_batch)
-        self._cond = threading.Condition()
-        self._incoming: list[LlamaSequence] = []
-        self._unstarted: list[LlamaSequence] = []
-        self._classes = {p: _Class() for p in PRIORITIES}
-        self._closed = False
-        self.steps = 0
-        self.largest_batch = 0
-        self._thread = threading.Thread(target=self._run, name="edged-engine", daemon=True)
-        self._thread.start()
+        super().__init__(max_batch=max_batch, fair_share=fair_share, prefill_chunk=min(prefill_chunk, runtime.n_batch))
 
-    # -- the callers' side -----------------------------------------------------------------
-    def submit(self, seq: LlamaSequence) -> None:
-        if seq.priority not in self._classes:
-            raise ValueError(f"unknown priority {seq.priority!r}")
-        with self._cond:
-            if self._closed:
-                raise RuntimeError("the engine is closed")
-            self._incoming.append(seq)
-            self._unstarted.append(seq)
-            self._cond.notify()
-
-    def queued(self) -> int:
-        with self._cond:
-            return len(self._unstarted)
-
-    def withdraw(self) -> list[LlamaSequence]:
-        with self._cond:
-            taken, self._unstarted = self._unstarted, []
-            for seq in taken:
-                seq.withdrawn = True
-            self._cond.notify()
-        return taken
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify()
-        self._thread.join(timeout=30)
-
-    # -- the loop ---------------------------------------------------------------------------
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                self._take_incoming()
-                while not self._closed and self._pick(dry=True) is None:
-                    self._cond.wait()
-                    self._take_incoming()
-                if self._closed:
-                    break
-                priority = self._pick()
-                c = self._classes[priority] if priority is not None else None
-                prefill = c is not None and self._prefills(c)
-                if c is not None and prefill:
-                    started = c.waiting[0]
-                    self._unstarted = [s for s in self._unstarted if s is not started]
-            if c is not None:
-                self._step(c, prefill)
-        with self._cond:
-            self._take_incoming()
-        for c in self._classes.values():
-            for seq in [*c.waiting, *c.batch]:
-                if not seq.withdrawn:
-                    seq.fail(RuntimeError("the engine was closed"))
-
-    def _take_incoming(self) -> None:
-        for seq in self._incoming:
-            seq.step_span = (self.steps, 0, 0)
-            self._classes[seq.priority].waiting.append(seq)
-        self._incoming = []
-        for c in self._classes.values():
-            if any(seq.withdrawn for seq in c.waiting):
-                c.waiting = deque(seq for seq in c.waiting if not seq.withdrawn)
-
-    def _prefills(self, c: _Class) -> bool:
-        return bool(c.waiting) and len(c.batch) < self.max_batch and (not c.batch or c.decoded_last)
-
-    def _pick(self, *, dry: bool = False) -> Priority | None:
-        runnable = [p for p in PRIORITIES if self._classes[p].runnable(self.max_batch)]
-        if not runnable or dry:
-            return runnable[0] if runnable else None
-        starved = [p for p in runnable[1:] if self._classes[p].waited >= self.fair_share]
-        choice = max(starved, key=lambda p: self._classes[p].waited) if starved else runnable[0]
-        for p in PRIORITIES:
-            c = self._classes[p]
-            c.waited = c.waited + 1 if p in runnable and p != choice else 0
-        return choice
-
-    def _step(self, c: _Class, prefill: bool) -> None:
-        self.steps += 1
-        if prefill:
-            seq = c.waiting[0]
-            try:
-                self._prefill(c, seq)
-            except Exception as exc:
-                log.exception("prefill_failed")
-                if c.waiting and c.waiting[0] is seq:
-                    c.waiting.popleft()
-                self._release(seq)
-                seq.fail(exc)
-        else:
-            try:
-                self._decode(c)
-            except Exception as exc:
-                log.exception("decode_failed", batch=len(c.batch))
-                for seq in c.batch:
-                    self._release(seq)
-                    seq.fail(exc)
-                c.batch = []
-        c.decoded_last = not prefill
+    def _new_class(self) -> _Class:
+        return PriorityClass()
 
     # -- prefill ------------------------------------------------------------------------------
     def _begin(self, seq: LlamaSequence) -> None:
@@ -243,7 +126,7 @@ class LlamaScheduler:
             seq.pending = seq.pending[len(feed) :]
             seq.steps += 1
             if not seq.pending:
-                _guarded(seq, lambda: seq.accept(seq.choose(logits)))  # noqa: B023 (called at once)
+                guarded(seq, lambda: seq.accept(seq.choose(logits)))  # noqa: B023 (called at once)
         done = [seq for seq in c.batch if seq.finish is not None]
         if done:
             c.batch = [seq for seq in c.batch if seq.finish is None]
@@ -264,8 +147,7 @@ class LlamaScheduler:
             self._prefixes.keep(seq.fed, seq.seq_id, kind="assistant", adopt=True)
             seq.seq_id = None
         self._release(seq)
-        seq.step_span = (*seq.step_span[:2], self.steps)
-        seq.end()
+        self._ended(seq)
 
     def _release(self, seq: LlamaSequence) -> None:
         if seq.seq_id is not None:
@@ -277,12 +159,3 @@ class LlamaScheduler:
 def _seq_id(seq: LlamaSequence) -> int:
     assert seq.seq_id is not None, "a decoding generation holds a sequence"
     return seq.seq_id
-
-
-def _guarded(seq: LlamaSequence, work: Callable[[], Any]) -> Any:
-    try:
-        return work()
-    except Exception as exc:
-        log.exception("sequence_failed")
-        seq.error, seq.finish = exc, "error"
-        return None

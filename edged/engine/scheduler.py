@@ -1,7 +1,8 @@
 """The engine loop: one thread owns the model and advances every generation in flight, step by step.
 
-Part of the engine (imports mlx). Each step serves one priority class (``high`` commands before
-``normal`` queries before ``low``):
+Part of the engine (imports mlx). The queue, priorities, fairness and closing are the engine-neutral
+:class:`edged.engine.queueing.StepScheduler`'s; this module supplies the steps. Each step serves one
+priority class (``high`` commands before ``normal`` queries before ``low``):
 
 - a **prefill** step feeds up to ``prefill_chunk`` prompt tokens of the class's next waiting
   sequence into its own KV cache (the static prompt prefix is taken from, and stored in, the
@@ -19,43 +20,39 @@ Fairness: a runnable lower class that has waited ``fair_share`` steps gets the n
 
 from __future__ import annotations
 
-import threading
-from collections import deque
-from collections.abc import Callable
 from typing import Any
 
 import mlx.core as mx
-import structlog
 from mlx_lm.models.cache import make_prompt_cache
 
 from edged.engine.batch_cache import RaggedKVCache
 from edged.engine.decoding import Sequence
 from edged.engine.forward import Forward
 from edged.engine.prefix_cache import PrefixCache
-from edged.protocol import PRIORITIES, Priority  # most urgent first
+from edged.engine.queueing import PriorityClass, StepScheduler
+from edged.engine.queueing import guarded as _guarded
 
-log = structlog.get_logger("edged.scheduler")
 # Tokens one batched decode step feeds at most (a lone sequence feeds its whole forced chunk): in a
 # batch, every row is padded to the longest, so long forced chunks are fed a few tokens per step.
 BATCH_STEP_TOKENS = 32
 
 
-class _Class:
-    """The sequences of one priority: waiting for prefill (in order) and decoding together."""
+class _Class(PriorityClass[Sequence]):
+    """The sequences of one priority, and the batch KV cache its decoding ones share."""
 
     def __init__(self) -> None:
-        self.waiting: deque[Sequence] = deque()
-        self.batch: list[Sequence] = []
+        super().__init__()
         self.cache: list[Any] | None = None  # per-layer batch KV cache of ``batch``
         self.shared: list[int] = []  # the leading tokens every row of ``batch`` has, held once
-        self.decoded_last = False  # alternate prefill and decode steps while both have work
-        self.waited = 0  # steps given to other classes while this one was runnable
 
-    def runnable(self, max_batch: int) -> bool:
-        return bool(self.batch) or (bool(self.waiting) and len(self.batch) < max_batch)
+    def drop_batch(self) -> None:
+        super().drop_batch()
+        self.cache = None
 
 
-class Scheduler:
+class Scheduler(StepScheduler[Sequence, _Class]):
+    """The MLX engine loop: prefill and decode steps on mlx arrays (queueing: :class:`StepScheduler`)."""
+
     def __init__(
         self,
         model: Any,
@@ -72,140 +69,15 @@ class Scheduler:
         self._forward = Forward(model)
         self.share_prefix = share_prefix
         self._prefixes = prefixes
-        self.max_batch = max_batch
-        self.fair_share = fair_share
-        self.prefill_chunk = prefill_chunk
-        self._cond = threading.Condition()
-        self._incoming: list[Sequence] = []
-        self._unstarted: list[Sequence] = []  # accepted, prefill not begun: the ones ``withdraw`` can take back
-        self._classes = {p: _Class() for p in PRIORITIES}
-        self._closed = False
-        self.steps = 0  # steps taken since start
-        self.largest_batch = 0  # the most sequences one decode step has fed
-        self._thread = threading.Thread(target=self._run, name="edged-engine", daemon=True)
-        self._thread.start()
+        super().__init__(max_batch=max_batch, fair_share=fair_share, prefill_chunk=prefill_chunk)
 
-    def submit(self, seq: Sequence) -> None:
-        """Queue ``seq`` and return; it ends (``seq.done``, ``seq.on_end``) on the engine thread."""
-        if seq.priority not in self._classes:
-            raise ValueError(f"unknown priority {seq.priority!r}")
-        with self._cond:
-            if self._closed:
-                raise RuntimeError("the engine is closed")
-            self._incoming.append(seq)
-            self._unstarted.append(seq)
-            self._cond.notify()
-
-    def run(self, seq: Sequence) -> Sequence:
-        """Generate ``seq`` to its end (blocking the calling thread); raises what generation raised."""
-        self.submit(seq)
-        seq.done.wait()
-        if seq.error is not None:
-            raise seq.error
-        return seq
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify()
-        self._thread.join(timeout=30)
+    def _new_class(self) -> _Class:
+        return _Class()
 
     @property
     def packed_steps(self) -> int:
         """Decode steps whose padded rows ran on their real positions only (see ``edged.engine.forward``)."""
         return self._forward.packed_steps
-
-    def in_flight(self) -> int:
-        with self._cond:
-            return len(self._incoming) + sum(len(c.waiting) + len(c.batch) for c in self._classes.values())
-
-    def queued(self) -> int:
-        """Sequences accepted whose prefill has not begun."""
-        with self._cond:
-            return len(self._unstarted)
-
-    def withdraw(self) -> list[Sequence]:
-        """Take back every sequence whose prefill has not begun, oldest first; they never end (shutting down)."""
-        with self._cond:
-            taken, self._unstarted = self._unstarted, []
-            for seq in taken:
-                seq.withdrawn = True
-            self._cond.notify()
-        return taken
-
-    # -- the loop ---------------------------------------------------------------------------
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                self._take_incoming()
-                while not self._closed and self._pick(dry=True) is None:
-                    self._cond.wait()
-                    self._take_incoming()
-                if self._closed:
-                    break
-                priority = self._pick()
-                prefill = priority is not None and self._prefills(self._classes[priority])
-                if prefill and priority is not None:
-                    self._start(self._classes[priority].waiting[0])
-            if priority is not None:
-                self._step(self._classes[priority], prefill)
-        with self._cond:
-            self._take_incoming()
-        for c in self._classes.values():  # closed: nothing more will run
-            for seq in [*c.waiting, *c.batch]:
-                if not seq.withdrawn:
-                    seq.fail(RuntimeError("the engine was closed"))
-
-    def _take_incoming(self) -> None:
-        """Queue what was submitted, drop what was withdrawn (call with the lock held)."""
-        for seq in self._incoming:
-            seq.step_span = (self.steps, 0, 0)
-            self._classes[seq.priority].waiting.append(seq)
-        self._incoming = []
-        for c in self._classes.values():
-            if any(seq.withdrawn for seq in c.waiting):
-                c.waiting = deque(seq for seq in c.waiting if not seq.withdrawn)
-
-    def _start(self, seq: Sequence) -> None:
-        """``seq``'s prefill begins: it is no longer queued, nor can it be withdrawn (call with the lock held)."""
-        self._unstarted = [other for other in self._unstarted if other is not seq]  # by identity
-
-    def _prefills(self, c: _Class) -> bool:
-        """Whether the class's next step is a prefill (else a decode step of its batch)."""
-        return bool(c.waiting) and len(c.batch) < self.max_batch and (not c.batch or c.decoded_last)
-
-    def _pick(self, *, dry: bool = False) -> Priority | None:
-        """The class to serve next: the most urgent runnable one, unless a lower one has waited its share."""
-        runnable = [p for p in PRIORITIES if self._classes[p].runnable(self.max_batch)]
-        if not runnable or dry:
-            return runnable[0] if runnable else None
-        starved = [p for p in runnable[1:] if self._classes[p].waited >= self.fair_share]
-        choice = max(starved, key=lambda p: self._classes[p].waited) if starved else runnable[0]
-        for p in PRIORITIES:
-            c = self._classes[p]
-            c.waited = c.waited + 1 if p in runnable and p != choice else 0
-        return choice
-
-    def _step(self, c: _Class, prefill: bool) -> None:
-        self.steps += 1
-        if prefill:
-            seq = c.waiting[0]
-            try:
-                self._prefill(c, seq)
-            except Exception as exc:
-                log.exception("prefill_failed")
-                if c.waiting and c.waiting[0] is seq:
-                    c.waiting.popleft()
-                seq.fail(exc)
-        else:
-            try:
-                self._decode(c)
-            except Exception as exc:
-                log.exception("decode_failed", batch=len(c.batch))
-                for seq in c.batch:
-                    seq.fail(exc)
-                c.batch, c.cache = [], None
-        c.decoded_last = not prefill
 
     # -- prefill: one sequence, its own cache ---------------------------------------------
     def _prefill(self, c: _Class, seq: Sequence) -> None:
@@ -314,21 +186,10 @@ class Scheduler:
         if seq.keep and self._prefixes is not None and seq.cache is not None and seq.error is None:
             self._prefixes.put(seq.fed, seq.cache, kind="assistant", copy_cache=False)
         seq.cache = None
-        seq.step_span = (*seq.step_span[:2], self.steps)
-        seq.end()
+        self._ended(seq)
 
 
 def _token_id(token: mx.array) -> int:
     value = token.item()
     assert isinstance(value, int), value
     return value
-
-
-def _guarded(seq: Sequence, work: Callable[[], Any]) -> Any:
-    """Run one sequence's part of a batched step; its failure (a grammar error, a callback) ends only it."""
-    try:
-        return work()
-    except Exception as exc:
-        log.exception("sequence_failed")
-        seq.error, seq.finish = exc, "error"
-        return None
