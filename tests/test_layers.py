@@ -79,7 +79,11 @@ def test_engine_types_import_no_engine_library() -> None:
     assert not [n for n in names if n.startswith("edged.engine.") and not n.startswith("edged.engine.errors")]
 
 
-ENGINE_NEUTRAL = ("edged.engine.queueing",)  # the engine modules both engines build on
+ENGINE_NEUTRAL = (
+    "edged.engine.queueing",
+    "edged.engine.records",
+    "edged.engine.scheduled",
+)  # both engines build on them
 ENGINE_SPECIFIC = ("edged.engine.mlx", "edged.engine.scheduler", "edged.engine.forward", "edged.engine.llamacpp")
 
 

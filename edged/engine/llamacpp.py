@@ -14,7 +14,7 @@ import itertools
 import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import structlog
@@ -28,11 +28,12 @@ from edged.engine.llamacpp_facts import kv_bytes_per_token
 from edged.engine.llamacpp_runtime import Feed, Runtime
 from edged.engine.llamacpp_sampling import Sampler
 from edged.engine.llamacpp_scheduler import LlamaScheduler, LlamaSequence, _no_mlx_sampler
-from edged.engine.thinking import ThinkTokens, split_thinking
-from edged.engine.types import ChatMessage, ClosedBy, Done, FinishReason, Generation, GenerationRequest, JsonSchema
+from edged.engine.scheduled import ScheduledEngine
+from edged.engine.thinking import ThinkTokens
+from edged.engine.types import ChatMessage, Done, GenerationRequest
 from edged.models.files import ModelInvalid, ModelNotFound
-from edged.protocol import Mode, Priority
-from edged.settings import ModelSettings, SamplingSettings
+from edged.protocol import Mode
+from edged.settings import ModelSettings
 
 log = structlog.get_logger("edged.engine")
 MIN_PREFIX = 32  # shorter system prompts are not worth keeping
@@ -54,7 +55,7 @@ def find_gguf(path: str) -> Path:
     raise ModelNotFound(f"{p}: no .gguf file (the llama.cpp engine loads GGUF models)")
 
 
-class LlamaCppEngine:
+class LlamaCppEngine(ScheduledEngine[LlamaSequence]):
     """Owns one loaded GGUF model; implements :class:`edged.engine.types.Engine`."""
 
     def __init__(self, settings: ModelSettings):
@@ -159,49 +160,6 @@ class LlamaCppEngine:
     def cache_stats(self) -> dict[str, int] | None:
         return vars(self._prefixes.stats).copy() if self._prefixes else None
 
-    def close(self) -> None:
-        self.scheduler.close()
-
-    # -- the Engine protocol ------------------------------------------------------------------
-    def submit(self, request: GenerationRequest, on_done: Done, *, jump_forward: bool | None = None) -> None:
-        try:
-            self.scheduler.submit(self._sequence(request, jump_forward, on_done))
-        except Exception as exc:  # it never reached the scheduler: a prompt too long, a closed engine
-            on_done(exc)
-
-    def queued(self) -> int:
-        return self.scheduler.queued()
-
-    def withdraw(self) -> list[GenerationRequest]:
-        return [seq.request for seq in self.scheduler.withdraw() if seq.request is not None]
-
-    def generate(
-        self,
-        messages: Sequence[ChatMessage],
-        mode: Mode,
-        sampling: SamplingSettings,
-        *,
-        should_stop: Callable[[], bool] = lambda: False,
-        schema: JsonSchema | None = None,
-        priority: Priority = "normal",
-        keep: bool = False,
-        jump_forward: bool | None = None,
-    ) -> Generation:
-        """Generate an answer and wait for it (benchmarks, tests); the service uses :meth:`submit`."""
-        request = GenerationRequest(messages, mode, sampling, schema, priority, keep, should_stop)
-        finished = threading.Event()
-        box: list[Generation | Exception] = []
-
-        def done(outcome: Generation | Exception) -> None:
-            box.append(outcome)
-            finished.set()
-
-        self.submit(request, done, jump_forward=jump_forward)
-        finished.wait()
-        if isinstance(box[0], Exception):
-            raise box[0]
-        return box[0]
-
     def _sequence(self, request: GenerationRequest, jump_forward: bool | None, on_done: Done) -> LlamaSequence:
         prompt = self.render(request.messages, request.mode)
         if len(prompt) >= self.context_limit:
@@ -230,52 +188,9 @@ class LlamaCppEngine:
             chooser=Sampler(sampling, think_end=self.think.end if thinking else None, seed=next(self._seeds)),
         )
 
-    def _ended(self, request: GenerationRequest, seq: object, on_done: Done) -> None:
-        assert isinstance(seq, LlamaSequence)
-        outcome: Generation | Exception
-        try:
-            error = seq.error
-            if error is not None:
-                outcome = error if isinstance(error, Exception) else RuntimeError(repr(error))
-            else:
-                outcome = self._generation(request, seq)
-        except Exception as exc:
-            log.exception("generation_record_failed")
-            outcome = exc
-        try:
-            on_done(outcome)
-        except Exception:
-            log.exception("generation_callback_failed")
-
-    def _generation(self, request: GenerationRequest, seq: LlamaSequence) -> Generation:
-        ended = seq.ended_at or time.perf_counter()
-        first_at = seq.first_token_at or ended
-        started_at = seq.started_at or seq.submitted_at
-        tokens = seq.generated
-        split = split_thinking(tokens, self.think, thinking=request.mode == "think")
-        constraint = seq.constraint
-        return Generation(
-            answer=self._decode(split.answer),
-            reasoning=self._decode(split.reasoning) if split.reasoning is not None else None,
-            prompt_tokens=len(seq.prompt),
-            cached_tokens=seq.cached_tokens,
-            completion_tokens=len(tokens),
-            reasoning_tokens=len(split.reasoning or ()),
-            queue_ms=(started_at - seq.submitted_at) * 1000,
-            prefill_ms=(first_at - started_at) * 1000,
-            decode_ms=(ended - first_at) * 1000,
-            finish_reason=_finish_reason(seq.finish),
-            thinking_closed_by=_closed_by(split.end_index, request.sampling.thinking_budget),
-            mask_ms=constraint.mask_seconds * 1000 if constraint else 0.0,
-            forced_tokens=seq.forced,
-            steps=seq.steps,
-            step_span=seq.step_span,
-            tokens=tuple(tokens),
-        )
-
-    def _decode(self, tokens: Sequence[int]) -> str:
+    def _detokenize(self, tokens: Sequence[int]) -> str:
         """Text of ``tokens`` without control tokens (as ``skip_special_tokens`` does)."""
-        return self.runtime.detokenize(tokens, special=False).strip()
+        return self.runtime.detokenize(tokens, special=False)
 
     def grammars(self) -> Grammars:
         """The constrained-decoding tokenizer from the GGUF vocabulary, built on first use."""
@@ -289,13 +204,3 @@ class LlamaCppEngine:
                     lltok = lltokenizer_from_vocab(self.runtime.vocab, n_vocab=n, eos_token=sorted(self.eos))
                 self._grammars = Grammars(None, n, lltokenizer=lltok)
             return self._grammars
-
-
-def _finish_reason(finish: str | None) -> FinishReason:
-    return "stop" if finish == "stop" else "stopped" if finish == "stopped" else "length"
-
-
-def _closed_by(end_index: int | None, budget: int | None) -> ClosedBy | None:
-    if end_index is None:
-        return None
-    return "budget" if end_index == budget else "model"

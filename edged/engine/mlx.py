@@ -27,17 +27,10 @@ from edged.engine.decoding import Sequence as GenSequence
 from edged.engine.errors import ContextOverflow
 from edged.engine.grammar import Grammars
 from edged.engine.prefix_cache import PrefixCache
+from edged.engine.scheduled import ScheduledEngine
 from edged.engine.scheduler import Scheduler
-from edged.engine.thinking import ThinkTokens, split_thinking
-from edged.engine.types import (
-    ChatMessage,
-    ClosedBy,
-    Done,
-    FinishReason,
-    Generation,
-    GenerationRequest,
-    JsonSchema,
-)
+from edged.engine.thinking import ThinkTokens
+from edged.engine.types import ChatMessage, Done, GenerationRequest
 from edged.models.files import (
     ModelFacts,
     ModelInvalid,
@@ -46,7 +39,7 @@ from edged.models.files import (
     resolve_model_path,
     total_memory_bytes,
 )
-from edged.protocol import Mode, Priority
+from edged.protocol import Mode
 from edged.settings import ModelSettings, SamplingSettings
 
 log = structlog.get_logger("edged.engine")
@@ -91,7 +84,7 @@ class ThinkBudget:
         return mx.where(closed, after, forced)
 
 
-class MlxEngine:
+class MlxEngine(ScheduledEngine[GenSequence]):
     """Owns one loaded model; implements :class:`edged.engine.types.Engine`. ``submit`` (and the blocking
     ``generate``) may be called from several threads at once: the scheduler thread runs them all (by
     priority, decoding concurrent ones as a batch)."""
@@ -212,46 +205,6 @@ class MlxEngine:
         """The prefix cache's counters (hits, misses, cached_tokens, bytes, entries)."""
         return vars(self._prefixes.stats).copy() if self._prefixes else None
 
-    def close(self) -> None:
-        """Stop the scheduler thread; generations still in flight fail."""
-        self.scheduler.close()
-
-    def generate(
-        self,
-        messages: Sequence[ChatMessage],
-        mode: Mode,
-        sampling: SamplingSettings,
-        *,
-        should_stop: Callable[[], bool] = lambda: False,
-        schema: JsonSchema | None = None,
-        priority: Priority = "normal",
-        keep: bool = False,
-        jump_forward: bool | None = None,
-    ) -> Generation:
-        """Generate an answer and wait for it (benchmarks, tests); the service uses :meth:`submit`."""
-        request = GenerationRequest(messages, mode, sampling, schema, priority, keep, should_stop)
-        finished: list[Generation | Exception] = []
-        seq = self._sequence(request, jump_forward, finished.append)
-        self.scheduler.run(seq)
-        if isinstance(finished[0], Exception):
-            raise finished[0]
-        return finished[0]
-
-    def submit(self, request: GenerationRequest, on_done: Done, *, jump_forward: bool | None = None) -> None:
-        """Queue ``request`` with the scheduler and return; ``on_done`` runs on the engine thread."""
-        try:
-            self.scheduler.submit(self._sequence(request, jump_forward, on_done))
-        except Exception as exc:  # it never reached the scheduler: a prompt too long, a closed engine
-            on_done(exc)
-
-    def queued(self) -> int:
-        """Requests submitted whose prefill has not begun."""
-        return self.scheduler.queued()
-
-    def withdraw(self) -> list[GenerationRequest]:
-        """Take back the requests whose prefill has not begun (shutting down); their ``on_done`` never runs."""
-        return [seq.request for seq in self.scheduler.withdraw() if seq.request is not None]
-
     def _sequence(self, request: GenerationRequest, jump_forward: bool | None, on_done: Done) -> GenSequence:
         prompt = self.render(request.messages, request.mode)
         if len(prompt) >= self.context_limit:
@@ -278,52 +231,9 @@ class MlxEngine:
             on_end=lambda seq: self._ended(request, seq, on_done),
         )
 
-    def _ended(self, request: GenerationRequest, seq: GenSequence, on_done: Done) -> None:
-        """On the engine thread: the record of a finished sequence (or its error) to ``on_done``."""
-        outcome: Generation | Exception
-        try:
-            error = seq.error
-            if error is not None:
-                outcome = error if isinstance(error, Exception) else RuntimeError(repr(error))
-            else:
-                outcome = self._generation(request, seq)
-        except Exception as exc:
-            log.exception("generation_record_failed")
-            outcome = exc
-        try:
-            on_done(outcome)
-        except Exception:
-            log.exception("generation_callback_failed")
-
-    def _generation(self, request: GenerationRequest, seq: GenSequence) -> Generation:
-        ended = seq.ended_at or time.perf_counter()
-        first_at = seq.first_token_at or ended
-        started_at = seq.started_at or seq.submitted_at
-        tokens = seq.generated
-        split = split_thinking(tokens, self.think, thinking=request.mode == "think")
-        constraint = seq.constraint
-        return Generation(
-            answer=self.tokenizer.decode(split.answer, skip_special_tokens=True).strip(),
-            reasoning=(
-                self.tokenizer.decode(split.reasoning, skip_special_tokens=True).strip()
-                if split.reasoning is not None
-                else None
-            ),
-            prompt_tokens=len(seq.prompt),
-            cached_tokens=seq.cached_tokens,
-            completion_tokens=len(tokens),
-            reasoning_tokens=len(split.reasoning or ()),
-            queue_ms=(started_at - seq.submitted_at) * 1000,
-            prefill_ms=(first_at - started_at) * 1000,
-            decode_ms=(ended - first_at) * 1000,
-            finish_reason=_finish_reason(seq.finish),
-            thinking_closed_by=_closed_by(split.end_index, request.sampling.thinking_budget),
-            mask_ms=constraint.mask_seconds * 1000 if constraint else 0.0,
-            forced_tokens=seq.forced,
-            steps=seq.steps,
-            step_span=seq.step_span,
-            tokens=tuple(tokens),
-        )
+    def _detokenize(self, tokens: Sequence[int]) -> str:
+        """Text of ``tokens`` without control tokens."""
+        return self.tokenizer.decode(tokens, skip_special_tokens=True)
 
     def grammars(self) -> Grammars:
         """The constrained-decoding tokenizer, built on first use (~0.3 s for 49k tokens, ~3 s for Qwen3's 152k)."""
@@ -341,16 +251,6 @@ class MlxEngine:
         if mode == "think" and self.think.end is not None and sampling.thinking_budget is not None:
             processors.append(ThinkBudget(0, self.think.end, sampling.thinking_budget))
         return processors
-
-
-def _finish_reason(finish: str | None) -> FinishReason:
-    return "stop" if finish == "stop" else "stopped" if finish == "stopped" else "length"
-
-
-def _closed_by(end_index: int | None, budget: int | None) -> ClosedBy | None:
-    if end_index is None:
-        return None
-    return "budget" if end_index == budget else "model"
 
 
 def _sampler(s: SamplingSettings) -> Callable[[mx.array], mx.array]:
