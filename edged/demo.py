@@ -17,7 +17,7 @@ from pathlib import Path
 from edged.app import Daemon
 from edged.bus.client import EdgedClient
 from edged.engine.blas import preload_blas
-from edged.models.store import OFFLINE_MODELS, offline_model_dir
+from edged.models.store import OFFLINE_MODELS, offline_model_path
 from edged.ops.stats import peak_rss_mb
 from edged.settings import load_settings
 
@@ -50,14 +50,14 @@ def run_demo(config: Path | None, which: str = "smollm2") -> int:
     overrides = {"node_id": f"demo-{os.getpid()}", "mqtt": {"session_expiry_s": 0}}
     settings = load_settings(config, **overrides)
     preload_blas(settings.model.blas)  # before mlx is imported
-    from edged.engine.mlx import MlxEngine
+    from edged.engine.select import create_engine  # the daemon's factory: model.engine is honoured
 
-    model = {"path": str(offline_model_dir(which)), "seed": 0, **OFFLINE_MODELS[which]}
+    model = {"path": str(offline_model_path(which, settings.model.engine)), "seed": 0, **OFFLINE_MODELS[which]}
     if settings.devices.registry is None and HOME_REGISTRY.is_file():  # commands become device actions, not dispatched
         overrides["devices"] = {"registry": str(HOME_REGISTRY), "dispatch": False}
     # The random-weight model's short budget cannot finish a structured diagnosis: free text there.
     settings = load_settings(config, **overrides, model=model, diagnostics={"structured": which != "tiny"})
-    daemon = Daemon(settings, lambda s: MlxEngine(s.model))
+    daemon = Daemon(settings, lambda s: create_engine(s.model))
     started = time.monotonic()
     daemon.start()
     if not daemon.ready.wait(READY_TIMEOUT_S):

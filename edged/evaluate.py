@@ -24,11 +24,12 @@ import structlog
 from edged.devices.commands import DeviceControl
 from edged.devices.registry import Registry
 from edged.devices.state import DeviceStates
-from edged.engine.types import Done, Generation, GenerationRequest
+from edged.engine.types import Done, Engine, Generation, GenerationRequest
 from edged.ops.progressbar import progress as progress_bar
 from edged.protocol import Request, Result
 from edged.service.handler import Job, Service
 from edged.service.sessions import SessionStore
+from edged.settings import ModelSettings, Settings
 
 log = structlog.get_logger("edged.eval")
 PATHS = ("local", "rules", "model")
@@ -285,11 +286,10 @@ def cli_eval(args: Any, settings: Any) -> int:
     """``edged eval``: the pipeline on a set; ``--compare`` adds the model alone, ``--grounding`` grounded vs plain."""
     from edged.devices.confirmations import Confirmations
     from edged.devices.registry import RegistryStore
-    from edged.models.store import ensure_demo_model
 
     store = RegistryStore(args.registry)
     cases = load_cases(args.cases, store.current, language=args.language)[: args.limit]
-    engine, model = _eval_engine(args.model, settings, ensure_demo_model)
+    engine, model = _eval_engine(args.model, settings)
 
     def control(*, constrain: bool, local: bool, grounded: bool) -> DeviceControl:
         commands = settings.commands.model_copy(update={"local": local, "grounded": grounded})
@@ -326,11 +326,16 @@ def cli_eval(args: Any, settings: Any) -> int:
     return 0
 
 
-def _eval_engine(which: str, settings: Any, ensure_demo_model: Callable[[], Path]) -> tuple[Any, Any]:
-    """The engine to evaluate (``none``: no model, the layers before it alone) and its greedy settings."""
-    from edged.engine.mlx import MlxEngine
+def _eval_engine(which: str, settings: Settings) -> tuple[Engine, ModelSettings]:
+    """The engine to evaluate (``none``: no model, the layers before it alone) and its greedy settings.
 
-    path = "none" if which == "none" else str(ensure_demo_model()) if which == "smollm2" else which
+    Built by the daemon's own factory, so ``model.engine`` is honoured (``smollm2`` is handed over in
+    the form that engine loads)."""
+    from edged.engine.select import create_engine
+    from edged.models.store import demo_model_path
+
+    engine = settings.model.engine
+    path = "none" if which == "none" else str(demo_model_path(engine)) if which == "smollm2" else which
     model = settings.model.model_copy(update={"path": path, "name": None, "seed": 0})
     model = model.model_copy(update={"no_think": model.no_think.model_copy(update={"temperature": 0.0})})
-    return (RefusingEngine() if which == "none" else MlxEngine(model)), model
+    return (RefusingEngine() if which == "none" else create_engine(model)), model

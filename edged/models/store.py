@@ -117,3 +117,23 @@ def offline_model_dir(which: str) -> Path:
         return build_test_model(models_dir() / "tiny-qwen3")
     print("importing/reusing SmolLM2-135M-Instruct (GGUF from PyPI, imported once into edged's cache)", flush=True)
     return ensure_demo_model()
+
+
+def offline_model_path(which: str, engine: str) -> Path:
+    """The offline model ``smollm2`` or ``tiny`` in the form ``model.engine`` loads: a GGUF file for
+    ``llamacpp`` (the llama.cpp engine loads GGUF only), else an MLX directory (as ``auto`` has always
+    been given, so it picks MLX)."""
+    if engine != "llamacpp":
+        return offline_model_dir(which)
+    if which == "tiny":
+        from edged.models.testmodel_gguf import build_test_gguf
+
+        print(f"building/reusing the tiny random-weight Qwen3 as GGUF beside {models_dir() / 'tiny-qwen3'}", flush=True)
+        return build_test_gguf(models_dir() / "tiny-qwen3")
+    return demo_model_path(engine)
+
+
+def demo_model_path(engine: str) -> Path:
+    """SmolLM2-135M-Instruct in the form ``model.engine`` loads: the installed GGUF for ``llamacpp``, else
+    the MLX directory imported from it."""
+    return demo_gguf() if engine == "llamacpp" else ensure_demo_model()
