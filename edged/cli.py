@@ -249,13 +249,17 @@ def main(argv: list[str] | None = None) -> int:
     except MetricsUnavailable as exc:
         log.error("metrics_unavailable", error=str(exc))
         return EXIT_CONFIG
-    _leave(code)
+    return code
 
 
-def _leave(code: int) -> NoReturn:
-    """Exit without the interpreter's teardown. The daemon has stopped and closed everything it owns; what is
-    left are native libraries' threads (MLX, the tokenizer), whose teardown at exit can abort the process
-    (SIGABRT) and turn a clean stop, or exit code 3, into a crash for the service manager."""
+def entry() -> NoReturn:
+    """The ``edged`` command: :func:`main`, then exit without the interpreter's teardown.
+
+    Every command has closed what it owns when ``main`` returns (the daemon its bus, ledger and engine
+    thread). What is left are native libraries' threads and static objects (MLX, the tokenizer), whose
+    teardown at exit can abort the process ("terminate called without an active exception", SIGABRT),
+    turning a clean stop, or the daemon's exit code 3, into a crash for the service manager."""
+    code = main()
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -274,4 +278,4 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
