@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 import structlog
 
+from edged.bus.mqtt import Inbound
 from edged.engine.blas import preload_blas
 from edged.settings import Settings
 
@@ -112,6 +114,47 @@ def engine(tiny_model_dir: Path):
     from edged.settings import ModelSettings
 
     return MlxEngine(ModelSettings(path=str(tiny_model_dir), **TEST_MODEL))
+
+
+# One porch light on ``{prefix}/porch_light/set``: the device of the kill -9 tests of `edged run`.
+PORCH_REGISTRY = """
+name = "crash"
+[[areas]]
+id = "porch"
+name = "Porch"
+[[devices]]
+id = "porch_light"
+name = "Porch light"
+area = "porch"
+type = "light"
+command_topic = "{prefix}/porch_light/set"
+"""
+# SmolLM2, greedy for commands: "turn on the porch light" reliably becomes a dispatched action
+# (the random model's don't). Environment for `edged run`; EDGED_MODEL__PATH is the caller's.
+SMOL_GREEDY_ENV = {
+    "EDGED_MODEL__NAME": "SmolLM2-135M-Instruct",
+    "EDGED_MODEL__NO_THINK__TEMPERATURE": "0",
+    "EDGED_MODEL__NO_THINK__TOP_P": "1",
+    "EDGED_MODEL__NO_THINK__TOP_K": "0",
+    "EDGED_MODEL__NO_THINK__MAX_TOKENS": "160",
+}
+
+
+def inbound(topic: str, payload: bytes | dict[str, Any], **fields: Any) -> Inbound:
+    """A message as the bus hands it to intake: QoS 1, fresh (not retained, not a redelivery), no MQTT 5
+    properties; a dict payload is sent as JSON. ``fields`` set any other field of :class:`Inbound`."""
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    defaults: dict[str, Any] = {
+        "retained": False,
+        "dup": False,
+        "response_topic": None,
+        "correlation_data": None,
+        "expiry_s": None,
+        "received_at": time.monotonic(),
+        "mid": 1,
+        "qos": 1,
+    }
+    return Inbound(topic=topic, payload=body, **{**defaults, **fields})
 
 
 def make_settings(tiny_model_dir: Path, **overrides: Any) -> Settings:

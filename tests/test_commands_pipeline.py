@@ -22,6 +22,7 @@ from edged.service.sessions import SessionStore
 from edged.settings import CommandSettings, ModelSettings
 
 HOME = Path(__file__).resolve().parent.parent / "config" / "registry-home.toml"
+PLANT = HOME.with_name("registry-plant.toml")
 
 
 class Phrasebook:
@@ -55,9 +56,12 @@ class NoEngine:
         return len(text.split())
 
 
-def _control(tmp_path: Path, resolvers: list[Any], sent: list[tuple[str, bytes]] | None = None) -> DeviceControl:
+def _control(
+    tmp_path: Path, resolvers: list[Any] | None, sent: list[tuple[str, bytes]] | None = None, *, source: Path = HOME
+) -> DeviceControl:
+    """``resolvers`` None: the real layers (templates, then rules)."""
     registry = tmp_path / "registry.toml"
-    registry.write_bytes(HOME.read_bytes())
+    registry.write_bytes(source.read_bytes())
     publish = (lambda t, p: sent.append((t, p))) if sent is not None else (lambda _t, _p: None)
     return DeviceControl(RegistryStore(registry), DeviceStates(), Confirmations(60), publish, resolvers=resolvers)
 
@@ -154,6 +158,37 @@ def test_a_resolver_naming_an_unknown_device_is_overruled(tmp_path):
     """A proposal outside the registry fails the shared validation: the request goes to the model path."""
     control = _control(tmp_path, [Phrasebook({"turn on the sauna": NOWHERE})])
     assert control.try_resolve("r1", "turn on the sauna", dispatch=False) is None
+
+
+@pytest.mark.parametrize(
+    ("source", "text", "unknown"),
+    [
+        (PLANT, "start pump 7", ["pump 7"]),
+        (PLANT, "open valve 9", ["valve 9"]),
+        (PLANT, "please start pump 5 and open the inlet valve", ["pump 5"]),  # never half of it
+        (HOME, "start the washing machine", ["washing machine"]),
+        (HOME, "can you put the washing machine on", ["washing machine"]),
+    ],
+)
+def test_a_device_the_registry_lacks_is_refused_without_the_model(tmp_path, source, text, unknown):
+    """Naming a device that is not there ("pump 7" beside Pumps 1-3, the washing machine beside the
+    coffee machine) is refused locally with the reason, and nothing is dispatched: the model would pick
+    the nearest device."""
+    sent: list[tuple[str, bytes]] = []
+    refused = _control(tmp_path, None, sent, source=source).try_resolve("r1", text, dispatch=True)
+    assert refused is not None and (refused.status, refused.code) == ("rejected", "not_understood")
+    assert refused.result["reason"] == "unknown_device" and refused.result["unknown"] == unknown
+    assert refused.result["actions"] == [] and refused.result["say"] == f"There is no {unknown[0]} here."
+    assert sent == [] and refused.dispatched == []
+
+
+def test_the_devices_the_registry_has_still_resolve_beside_unknown_ones(tmp_path):
+    """The fix for unknown devices leaves the known ones alone: pump 2 and the coffee machine resolve."""
+    (tmp_path / "plant").mkdir()
+    pump = _control(tmp_path / "plant", None, source=PLANT).try_resolve("r1", "start pump two", dispatch=False)
+    coffee = _control(tmp_path, None).try_resolve("r2", "start the coffee machine", dispatch=False)
+    assert pump is not None and [a["device"] for a in pump.result["actions"]] == ["pump_2"]
+    assert coffee is not None and [a["device"] for a in coffee.result["actions"]] == ["coffee_machine"]
 
 
 def test_request_area_names_a_registry_area():

@@ -11,7 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import make_settings
+from conftest import inbound, make_settings
 from hostile import (
     CONTROL,
     HOSTILE_REPLY_TOPICS,
@@ -71,19 +71,7 @@ def _hostile_settings(tiny_model_dir: Path, tmp_path: Path, **overrides):
 
 
 def _inbound(topic: str, payload: bytes, props: list[tuple[str, str]] = ()) -> Inbound:
-    return Inbound(
-        topic=topic,
-        payload=payload,
-        retained=False,
-        dup=False,
-        response_topic=None,
-        correlation_data=None,
-        expiry_s=None,
-        received_at=0.0,
-        mid=1,
-        qos=1,
-        user_properties=tuple(props),
-    )
+    return inbound(topic, payload, received_at=0.0, user_properties=tuple(props))
 
 
 def test_intake_decides_anything_without_raising(tiny_model_dir, tmp_path):

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from conftest import inbound
 
 from edged.bus.mqtt import Inbound
 from edged.devices.commands import DeviceControl
@@ -23,19 +22,7 @@ BASE = "edged/intake-test"
 
 
 def _inbound(suffix: str, body: dict, user_properties: tuple[tuple[str, str], ...] = ()) -> Inbound:
-    return Inbound(
-        topic=f"{BASE}/{suffix}",
-        payload=json.dumps(body).encode(),
-        retained=False,
-        dup=False,
-        response_topic=None,
-        correlation_data=None,
-        expiry_s=None,
-        received_at=time.monotonic(),
-        mid=1,
-        qos=1,
-        user_properties=user_properties,
-    )
+    return inbound(f"{BASE}/{suffix}", body, user_properties=user_properties)
 
 
 @pytest.fixture

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
+from conftest import inbound
 from pydantic import ValidationError
 
 from edged.bus.mqtt import Inbound
@@ -61,18 +60,7 @@ def _settings(**overrides) -> Settings:
 
 
 def _inbound(suffix: str, body: dict) -> Inbound:
-    return Inbound(
-        topic=f"{BASE}/{suffix}",
-        payload=json.dumps(body).encode(),
-        retained=False,
-        dup=False,
-        response_topic=None,
-        correlation_data=None,
-        expiry_s=None,
-        received_at=0.0,
-        mid=1,
-        qos=1,
-    )
+    return inbound(f"{BASE}/{suffix}", body, received_at=0.0)
 
 
 def test_rate_limit_in_intake_applies_to_requests_and_follows_reload():

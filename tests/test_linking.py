@@ -67,6 +67,44 @@ def test_numbers_in_names_must_agree():
     assert _refs("close v2", PLANT)["devices"] == [("drain_valve", "v2")]
 
 
+@pytest.mark.parametrize(
+    ("text", "unknown"),
+    [
+        ("start pump 7", "pump 7"),
+        ("stop pump six please", "pump 6"),  # a number word after a numbered name
+        ("open valve 9", "valve 9"),  # valves are told apart by number too ("v1", "v2")
+        ("could you close valve seven", "valve 7"),
+        ("switch off pump 12 in the tank farm", "pump 12"),
+    ],
+)
+def test_a_number_no_device_carries_is_an_unknown_device(text, unknown):
+    """'pump 7' beside Pumps 1-3 names a pump the plant does not have: reported, never linked to a neighbour."""
+    found = link(PLANT, CommandContext(text))
+    assert [w.text for w in found.unknown_devices] == [unknown] and not found.devices
+    assert unknown in [w.text for w in found.unlinked]
+
+
+@pytest.mark.parametrize("text", ["start pump 2", "start pump two", "set pump 2 to 50 percent", "close v2"])
+def test_numbers_the_registry_has_are_no_unknown_devices(text):
+    found = link(PLANT, CommandContext(text))
+    assert found.devices and not found.unknown_devices and not found.unlinked
+
+
+@pytest.mark.parametrize(
+    "text", ["start the washing machine", "can you switch the sewing machine on", "turn on the bread machine"]
+)
+def test_a_head_word_said_of_another_thing_links_no_device(text):
+    """Only the coffee machine has 'machine' in its names; a washing machine is not it."""
+    found = link(HOME, CommandContext(text))
+    assert not found.devices and [w.text.split()[-1] for w in found.unknown_devices] == ["machine"]
+
+
+@pytest.mark.parametrize("text", ["start the machine", "turn on the kitchen machine", "start the coffee machine"])
+def test_a_head_word_alone_or_after_a_known_word_still_links(text):
+    found = link(HOME, CommandContext(text))
+    assert [m.ref for m in found.devices] == ["coffee_machine"] and not found.unlinked
+
+
 @pytest.mark.parametrize("text", ["turn on the sauna", "open the front window", "turn on the dishwasher"])
 def test_rooms_and_appliances_the_home_lacks_are_reported(text):
     assert link(HOME, CommandContext(text)).unlinked

@@ -9,6 +9,7 @@ import sys
 import uuid
 
 import pytest
+from conftest import PORCH_REGISTRY, SMOL_GREEDY_ENV
 from proc import RUN_TIMEOUT, Edged, write_config
 from tally import Tally
 
@@ -110,31 +111,6 @@ def test_sigkill_mid_generation_the_request_is_redelivered_and_answered_once(nod
     assert (answered, lost) == (sent, 0) and len(client.messages(f"{base}/result/{running}")) == 1, tally.line()
 
 
-LIGHT_REGISTRY = """
-name = "crash"
-[[areas]]
-id = "porch"
-name = "Porch"
-[[devices]]
-id = "porch_light"
-name = "Porch light"
-area = "porch"
-type = "light"
-command_topic = "{prefix}/porch_light/set"
-"""
-
-
-# SmolLM2, greedy for commands: "turn on the porch light" reliably becomes a dispatched action
-# (the random model's don't).
-SMOL_ENV = {
-    "EDGED_MODEL__NAME": "SmolLM2-135M-Instruct",
-    "EDGED_MODEL__NO_THINK__TEMPERATURE": "0",
-    "EDGED_MODEL__NO_THINK__TOP_P": "1",
-    "EDGED_MODEL__NO_THINK__TOP_K": "0",
-    "EDGED_MODEL__NO_THINK__MAX_TOKENS": "160",
-}
-
-
 def test_sigkill_with_a_device_command_waiting_dispatches_it_once(make_node, tmp_path, smollm2_dir):
     """A command sent while a query generates, then edged is killed: the command runs once and its device
     command reaches the device topic once (the ledger claims it before publishing). The query is resumed
@@ -142,8 +118,8 @@ def test_sigkill_with_a_device_command_waiting_dispatches_it_once(make_node, tmp
     without waiting for the model)."""
     prefix = f"crash-{uuid.uuid4().hex[:8]}"
     registry = tmp_path / "registry.toml"
-    registry.write_text(LIGHT_REGISTRY.format(prefix=prefix))
-    env = {**SMOL_ENV, "EDGED_MODEL__PATH": str(smollm2_dir)}
+    registry.write_text(PORCH_REGISTRY.format(prefix=prefix))
+    env = {**SMOL_GREEDY_ENV, "EDGED_MODEL__PATH": str(smollm2_dir)}
     base, client, start = make_node(f'[devices]\nregistry = "{registry}"\n', env)
     client.subscribe(f"{prefix}/#")
     edged = start()

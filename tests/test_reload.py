@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import uuid
+from pathlib import Path
 
 import pytest
 from proc import RUN_TIMEOUT, Edged, write_config
@@ -39,6 +40,67 @@ def test_plan_applies_runtime_settings_and_keeps_restart_only_ones():
     running = outcome.settings
     assert (running.mqtt.host, running.requests.queue_size) == ("127.0.0.1", 4)  # as before: needs a restart
     assert (running.requests.max_text_chars, running.model.no_think.max_tokens, running.log.level) == (100, 32, "debug")
+
+
+def test_settings_read_only_at_start_up_are_reported_as_needing_a_restart():
+    """The engine's load options, the device registry settings, diagnostics, telemetry and the MQTT packet
+    limit are read once at start-up: a change to them is named under restart_required and not taken over."""
+    old = _settings()
+    new = _settings(
+        model={"engine": "llamacpp", "dtype": "float16", "max_context": 2048, "prefix_cache_mb": 0, "warm_up": False},
+        devices={"dispatch": False, "confirm_ttl_s": 30, "discover": ["zigbee2mqtt"]},
+        diagnostics={"structured": False, "progress_interval_s": 0},
+        telemetry={"window_s": 60},
+        requests={"max_payload_bytes": 4096},
+    )
+    outcome = plan(old, new)
+    assert outcome.ok and outcome.applied == []
+    assert outcome.restart_required == [
+        "devices.confirm_ttl_s",
+        "devices.discover",
+        "devices.dispatch",
+        "diagnostics.progress_interval_s",
+        "diagnostics.structured",
+        "model.dtype",
+        "model.engine",
+        "model.max_context",
+        "model.prefix_cache_mb",
+        "model.warm_up",
+        "requests.max_payload_bytes",
+        "telemetry.window_s",
+    ]
+    assert outcome.settings.model_dump() == old.model_dump()  # nothing of it runs before a restart
+
+
+def test_a_reload_hands_every_applied_setting_to_the_running_daemon(tmp_path):
+    """What the plan calls applied reaches the parts that use it; what it calls restart_required does not."""
+    from edged.app import Daemon
+
+    registry = Path(__file__).resolve().parent.parent / "config" / "registry-home.toml"
+    old = _settings(state_dir=tmp_path, devices={"registry": registry})
+    new = _settings(
+        state_dir=tmp_path,
+        shutdown_grace_s=5,
+        devices={"registry": registry, "dispatch": False},
+        commands={"language": "de", "grounded": False, "temperature": 0.3},
+        requests={"max_text_chars": 50, "dedupe_window_s": 60, "dedupe_max_rows": 200},
+        stats={"interval_s": 7, "window_s": 70},
+        health={"check_interval_s": 3},
+        model={"no_think": {"temperature": 0.5, "top_p": 0.8, "top_k": 20, "max_tokens": 32}},
+    )
+    daemon = Daemon(old, lambda _s: None, reload_settings=lambda: new)
+    try:
+        outcome = daemon.reload()
+    finally:
+        daemon.ledger.close()
+    assert outcome.ok and outcome.restart_required == ["devices.dispatch"]
+    assert daemon.settings is outcome.settings and daemon.settings.devices.dispatch is True
+    assert daemon.devices is not None and daemon.devices.commands == new.commands
+    assert daemon.devices._dispatch_default is True  # devices.* is read when the registry opens
+    assert (daemon.ledger.window_s, daemon.ledger.max_rows) == (60, 200)
+    assert (daemon.stats.window_s, daemon._stats_ticks.interval, daemon._health_ticks.interval) == (70, 7, 3)
+    assert daemon.settings.requests.max_text_chars == 50 and daemon.settings.shutdown_grace_s == 5
+    assert daemon.settings.model.no_think.max_tokens == 32
 
 
 def test_an_invalid_or_unreadable_configuration_is_refused_and_the_old_one_kept(tmp_path):

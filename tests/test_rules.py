@@ -221,6 +221,8 @@ def test_values_said_with_the_current_value():
         ("turn the volume up on the tv by 100", "action_not_available"),  # a change needs the value now
         ("turn the kitchen light on and off", "several_verbs"),
         ("turn the tv to channel 5", "unknown_value"),  # a number after a word that names nothing known
+        ("start the washing machine", "unknown_name"),  # not the coffee machine
+        ("put the washing machine on", "unknown_name"),
     ],
 )
 def test_refusals_leave_the_command_to_the_next_layer(text, reason):
@@ -241,6 +243,14 @@ def test_refusals_leave_the_command_to_the_next_layer(text, reason):
 )
 def test_plant_refusals(text):
     assert RULES.resolve(PLANT, CommandContext(text)) is None
+
+
+@pytest.mark.parametrize("text", ["start pump 7", "open valve 9", "stop pump six", "shut valve 4 please"])
+def test_a_numbered_device_the_plant_lacks_is_an_unknown_name(text):
+    """Pumps 1-3 and valves v1, v2: another number names nothing here, not the nearest pump or valve."""
+    with capture_logs() as logs:
+        assert RULES.resolve(PLANT, CommandContext(text)) is None
+    assert logs[-1]["event"] == "rules_pass" and logs[-1]["reason"] == "unknown_name"
 
 
 def test_off_on_a_plant_stops_nothing_unasked():

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import getpass
 import json
-import time
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from conftest import PORCH_REGISTRY, SMOL_GREEDY_ENV, inbound
 
 from edged.bus.mqtt import Inbound
 from edged.devices.commands import DeviceControl
@@ -25,20 +24,7 @@ BASE = "edged/sec-test"
 
 
 def _inbound(suffix: str, payload: bytes | dict, **changes: object) -> Inbound:
-    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-    msg = Inbound(
-        topic=f"{BASE}/{suffix}",
-        payload=body,
-        retained=False,
-        dup=False,
-        response_topic=None,
-        correlation_data=None,
-        expiry_s=None,
-        received_at=time.monotonic(),
-        mid=1,
-        qos=1,
-    )
-    return replace(msg, **changes)  # type: ignore[arg-type]
+    return inbound(f"{BASE}/{suffix}", payload, **changes)
 
 
 def _intake(**settings: object) -> Intake:
@@ -300,12 +286,12 @@ def test_oversized_states_readings_and_admin_requests_are_not_decoded():
         BASE, s, devices=DeviceControl(store, states, Confirmations(60), lambda *_: None), telemetry=telemetry
     )
     big_state = json.dumps({"state": "ON", "pad": "x" * 2000}).encode()
-    assert intake.decide(_inbound("", big_state, topic="zigbee2mqtt/garage_light")) is None
+    assert intake.decide(inbound("zigbee2mqtt/garage_light", big_state)) is None
     assert states.snapshot() == {} and intake.oversized == 1
-    assert intake.decide(_inbound("", b'{"state": "ON"}', topic="zigbee2mqtt/garage_light")) is None
+    assert intake.decide(inbound("zigbee2mqtt/garage_light", b'{"state": "ON"}')) is None
     assert states.snapshot() == {"garage_light": "state=ON"}
     big_reading = b'{"value": 1.0, "pad": "' + b"x" * 2000 + b'"}'
-    intake.decide(_inbound("", big_reading, topic="plant/pump_3/vibration"))
+    intake.decide(inbound("plant/pump_3/vibration", big_reading))
     assert intake.oversized == 2 and telemetry.topics()  # nothing recorded for it
     refused = intake.decide(_inbound("admin/reload", b'{"id": "a1", "x": "' + b"y" * 2000 + b'"}'))
     assert isinstance(refused, Reply) and refused.result.error.code.value == "payload_too_large"
@@ -563,27 +549,6 @@ def test_a_confirmation_token_works_only_for_its_caller_and_registry(tmp_path):
 
 
 # -- 6: a real kill -9 after the dispatch ----------------------------------------------------------------------
-CRASH_REGISTRY = """
-name = "crash"
-[[areas]]
-id = "porch"
-name = "Porch"
-[[devices]]
-id = "porch_light"
-name = "Porch light"
-area = "porch"
-type = "light"
-command_topic = "{prefix}/porch_light/set"
-"""
-SMOL = {  # greedy SmolLM2: "turn on the porch light" reliably becomes a dispatched action
-    "EDGED_MODEL__NAME": "SmolLM2-135M-Instruct",
-    "EDGED_MODEL__NO_THINK__TEMPERATURE": "0",
-    "EDGED_MODEL__NO_THINK__TOP_P": "1",
-    "EDGED_MODEL__NO_THINK__TOP_K": "0",
-    "EDGED_MODEL__NO_THINK__MAX_TOKENS": "160",
-}
-
-
 @pytest.mark.timeout(2400)  # SmolLM2 runs the command twice, on 2 shared cores: minutes each under load
 @pytest.mark.parametrize("with_id", [True, False])
 def test_kill_9_after_the_dispatch_never_dispatches_again(with_id, smollm2_dir, tmp_path):
@@ -612,10 +577,10 @@ def test_kill_9_after_the_dispatch_never_dispatches_again(with_id, smollm2_dir, 
     )
     broker.start()
     registry = tmp_path / "registry.toml"
-    registry.write_text(CRASH_REGISTRY.format(prefix=prefix))
+    registry.write_text(PORCH_REGISTRY.format(prefix=prefix))
     config = write_config(tmp_path / "edged.toml", smollm2_dir, node, f'[devices]\nregistry = "{registry}"\n')
     env = {
-        **SMOL,
+        **SMOL_GREEDY_ENV,
         "EDGED_MODEL__PATH": str(smollm2_dir),
         "EDGED_MQTT__PORT": str(broker.port),
         "EDGED_MQTT__USERNAME": "edged",

@@ -117,7 +117,7 @@ class DeviceControl:
         command = self.context(registry, text, language=language, area=area)
         resolution = self.pipeline.resolve(registry, command)
         if resolution is None:
-            return self._unlinked(registry, command)
+            return self._unlinked(registry, command, request_id)
         proposal = resolution.proposal()
         outcome = self.outcome(
             registry,
@@ -135,15 +135,23 @@ class DeviceControl:
         log.info("command_resolved", id=request_id, resolved_by=proposal.resolved_by, intent=resolution.intent)
         return outcome
 
-    def _unlinked(self, registry: Registry, command: CommandContext) -> DeviceResult | None:
-        """Refuse a command whose words name no device or area of the registry (needs the linker)."""
+    def _unlinked(self, registry: Registry, command: CommandContext, request_id: str) -> DeviceResult | None:
+        """Refuse a command whose words name no device or area of the registry, or a device it does not
+        have ("pump 7" beside Pumps 1-3), without the model: it would pick the nearest device (needs the linker)."""
         if not self.commands.grounded or not knows_words_of(command.language):
             return None
         grounding = ground(registry, command)
         if grounding is None or not grounding.names_nothing_here:
             return None
-        say = "That is not something the devices here can do."
-        return DeviceResult("rejected", {"actions": [], "say": say, "resolved_by": "rules"}, "not_understood", say)
+        if grounding.unknown_devices:
+            say = f"There is no {' or '.join(grounding.unknown_devices)} here."
+        else:
+            say = "That is not something the devices here can do."
+        result: dict[str, Any] = {"actions": [], "say": say, "resolved_by": "rules", "reason": grounding.refusal}
+        if grounding.unknown:
+            result["unknown"] = list(grounding.unknown)
+        log.info("command_refused", id=request_id, reason=grounding.refusal, unknown=list(grounding.unknown))
+        return DeviceResult("rejected", result, "not_understood", say)
 
     def prepare(
         self,

@@ -37,6 +37,7 @@ class Grounding:
     values: Mapping[str, ParamValue] = field(default_factory=dict)  # parameter name -> value
     confident: bool = False  # restrict the answer grammar to these devices and values
     unknown: tuple[str, ...] = ()  # room- or appliance-like words that name nothing here ("sauna")
+    unknown_devices: tuple[str, ...] = ()  # of those, devices the registry lacks ("pump 7", "washing machine")
     question: bool = False  # "what is the flow rate of pump 3?": a query, not a command
 
     @property
@@ -47,6 +48,18 @@ class Grounding:
     def names_nothing_here(self) -> bool:
         """No device or area named, a room or appliance the registry does not have, or a question."""
         return self.empty or bool(self.unknown) or self.question
+
+    @property
+    def refusal(self) -> str | None:
+        """Why the command names nothing here: ``unknown_device``, ``unknown_name``, ``question`` or
+        ``nothing_named``; None when it does name something."""
+        if self.unknown_devices:
+            return "unknown_device"
+        if self.unknown:
+            return "unknown_name"
+        if self.question:
+            return "question"
+        return "nothing_named" if self.empty else None
 
     def device_ids(self) -> frozenset[str]:
         return frozenset(d for d, _ in self.devices)
@@ -109,6 +122,7 @@ def from_linking(
         values=_values(registry, [d for d, _ in ranked[:MAX_CANDIDATES]], heard),
         confident=confident,
         unknown=tuple(w.text for w in linking.unlinked),
+        unknown_devices=tuple(w.text for w in linking.unknown_devices),
         question=_asks(linking, language),
     )
 

@@ -4,8 +4,11 @@ Names and aliases from the registry, and kind words from the lexicon ("lights", 
 found in the normalised text exactly or, for names of five letters or more, by fuzzy match
 (rapidfuzz, for typos and plurals). Longer matches win over the shorter ones they overlap; a
 match with digits must have the same digits ("pump 7" never links "Pump 1"). Room or appliance
-words that nothing links are reported, so a resolver can refuse rooms the home lacks. The same
-record serves as the grounding candidates of the model path.
+words that nothing links are reported, so a resolver can refuse rooms the home lacks; so are
+devices the registry does not have although their words are close to one it has: a number no
+device carries ("pump 7" next to Pumps 1-3), or another thing of the same head word ("the
+washing machine" next to the coffee machine). The same record serves as the grounding
+candidates of the model path.
 """
 
 from __future__ import annotations
@@ -57,7 +60,8 @@ class Linking:
     types: tuple[Mention, ...] = ()
     here: Mention | None = None  # "in here", "this room": ref is the speaker's area id ("" when unknown)
     everywhere: Mention | None = None  # "all", "everything", "the whole house"
-    unlinked: tuple[Word, ...] = ()  # room- or appliance-like words no name covers
+    unlinked: tuple[Word, ...] = ()  # room- or appliance-like words no name covers (unknown devices included)
+    unknown_devices: tuple[Word, ...] = ()  # devices the registry lacks: "pump 7", "washing machine"
 
     def covered(self) -> set[int]:
         """Word indices inside a linked mention."""
@@ -114,7 +118,10 @@ def _known(registry: Registry, lex: Lexicon) -> frozenset[str]:
     return frozenset(found | {w for n in names for w in phrase_words(n, lex.language)})
 
 
-def _candidates(registry: Registry, lex: Lexicon, seq: Sequence[str], area: str | None) -> list[Mention]:
+def _candidates(
+    registry: Registry, lex: Lexicon, seq: Sequence[str], area: str | None
+) -> tuple[list[Mention], list[tuple[int, int]]]:
+    """The mentions, and the spans of head words said of something else ("washing machine")."""
     found: list[tuple[MentionKind, str, int, int, float]] = []
     named: list[tuple[MentionKind, str, list[str]]] = [("device", d.id, [d.name, *d.aliases]) for d in registry.devices]
     named += [("area", a.id, [a.name, *a.aliases]) for a in registry.areas]
@@ -124,13 +131,19 @@ def _candidates(registry: Registry, lex: Lexicon, seq: Sequence[str], area: str 
             found += [
                 (kind, ref, f, la, s) for f, la, s in _matches(seq, phrase_words(name, lex.language), known=known)
             ]
-    for ref, word in _head_words(registry, lex):
-        found += [("device", ref, f, la, HEAD_SCORE) for f, la in find_phrase(seq, (word,))]
     for k in lex.kinds.values():
         found += [("type", k.name, f, la, s) for p in k.words for f, la, s in _matches(seq, p)]
     found += [("here", area or "", f, la, s) for p in lex.here for f, la, s in _matches(seq, p)]
     found += [("everywhere", "all", f, la, s) for p in lex.everywhere for f, la, s in _matches(seq, p)]
-    return [Mention(kind, ref, 0, 0, score, first, last) for kind, ref, first, last, score in found]
+    named_words = {i for _k, _r, f, la, _s in found for i in range(f, la)}
+    others: list[tuple[int, int]] = []
+    for ref, word in _head_words(registry, lex):
+        for f, la in find_phrase(seq, (word,)):
+            if f > 0 and f - 1 not in named_words and seq[f - 1].isalpha() and seq[f - 1] not in known:
+                others.append((f - 1, la))  # "washing machine": a machine, but not the coffee machine
+            else:
+                found.append(("device", ref, f, la, HEAD_SCORE))
+    return [Mention(kind, ref, 0, 0, score, first, last) for kind, ref, first, last, score in found], others
 
 
 def _head_words(registry: Registry, lex: Lexicon) -> list[tuple[str, str]]:
@@ -177,13 +190,22 @@ def _unlinked(lex: Lexicon, ws: Sequence[Word], covered: set[int]) -> tuple[Word
     return tuple(ws[i] for i in sorted(loose))
 
 
-def _numbered(registry: Registry, lex: Lexicon, ws: list[Word]) -> list[Word]:
-    """ "pump two" as "pump 2" when a device name has a number after that word ("Pump 2")."""
+def _numbering_words(registry: Registry, lex: Lexicon) -> set[str]:
+    """Words the registry numbers devices by: a name's word before a number ("pump" of "Pump 2"), and
+    the kind words ("pump", "valves") of the device types it tells apart by number ("Pump 2", "v1")."""
     heads = set()
     for d in registry.devices:
         for n in (d.name, *d.aliases):
             said = phrase_words(n, lex.language)
             heads |= {a for a, b in zip(said, said[1:]) if b.isdigit()}
+    numbered = {d.type for d in registry.devices if any(c.isdigit() for n in (d.name, *d.aliases) for c in n)}
+    kinds = {p[0] for k in lex.kinds.values() if numbered & set(k.device_types) for p in k.words if len(p) == 1}
+    return heads | kinds
+
+
+def _numbered(registry: Registry, lex: Lexicon, ws: list[Word]) -> list[Word]:
+    """ "pump two" as "pump 2" after a word the registry numbers devices by."""
+    heads = _numbering_words(registry, lex)
     out = list(ws)
     for i in range(1, len(out)):
         value = lex.numbers.get(out[i].text)
@@ -192,12 +214,33 @@ def _numbered(registry: Registry, lex: Lexicon, ws: list[Word]) -> list[Word]:
     return out
 
 
+def _unknown_numbers(
+    registry: Registry, lex: Lexicon, ws: Sequence[Word], chosen: Sequence[Mention]
+) -> list[tuple[int, int]]:
+    """ "pump 7", "valve 9": a word the registry numbers its devices by, then a number no device name
+    carries (a linked "pump 2" is a device). A unit after the number makes it a value ("fan 2 rpm")."""
+    numbered = _numbering_words(registry, lex)
+    in_devices = {i for m in chosen if m.kind == "device" for i in range(m.first, m.last)}
+    units = {p[0] for phrases in lex.units.values() for p in phrases}
+    spans = []
+    for i in range(1, len(ws)):
+        after = ws[i + 1].text if i + 1 < len(ws) else ""
+        if ws[i].text.isdigit() and ws[i - 1].text in numbered and not {i - 1, i} & in_devices and after not in units:
+            spans.append((i - 1, i + 1))
+    return spans
+
+
+def _phrase(ws: Sequence[Word], first: int, last: int) -> Word:
+    return Word(" ".join(w.text for w in ws[first:last]), ws[first].start, ws[last - 1].end)
+
+
 def link(registry: Registry, command: CommandContext, *, extra_lexicons: tuple[Path, ...] = ()) -> Linking:
     """The areas, devices and device kinds ``command`` names, by name, alias, plural and typo."""
     lex = load_lexicon(command.language, extra_lexicons)
     text = normalize(command.text, lex.language)
     ws = _numbered(registry, lex, words(text))
-    chosen = [_with_span(m, ws) for m in _choose(_candidates(registry, lex, [w.text for w in ws], command.area))]
+    mentions, others = _candidates(registry, lex, [w.text for w in ws], command.area)
+    chosen = [_with_span(m, ws) for m in _choose(mentions)]
     by = {kind: tuple(m for m in chosen if m.kind == kind) for kind in _RANK}
     linking = Linking(
         text=text,
@@ -208,7 +251,11 @@ def link(registry: Registry, command: CommandContext, *, extra_lexicons: tuple[P
         here=next(iter(by["here"]), None),
         everywhere=next(iter(by["everywhere"]), None),
     )
-    return Linking(**{**linking.__dict__, "unlinked": _unlinked(lex, ws, linking.covered())})
+    covered = linking.covered()
+    spans = [(f, la) for f, la in others if not covered & set(range(f, la))]
+    unknown = tuple(_phrase(ws, f, la) for f, la in sorted({*spans, *_unknown_numbers(registry, lex, ws, chosen)}))
+    unlinked = tuple(sorted({*_unlinked(lex, ws, covered), *unknown}, key=lambda w: (w.start, w.end)))
+    return Linking(**{**linking.__dict__, "unlinked": unlinked, "unknown_devices": unknown})
 
 
 def candidates(

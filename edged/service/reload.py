@@ -21,22 +21,28 @@ from edged.settings import Settings, error_lines
 
 log = structlog.get_logger("edged.reload")
 
-# Settings read only at start-up (dotted prefixes). A change to them is reported, not applied.
-RESTART_REQUIRED = (
-    "node_id",
-    "base_topic",
-    "state_dir",
-    "mqtt",
-    "model.path",
-    "model.name",
-    "model.seed",
-    "model.scheduler",
-    "requests.queue_size",
-    "sessions",
-    "metrics",
-    "homeassistant",
-    "admin",
-    "log.format",
+# Settings a running daemon takes over (dotted prefixes): ``Daemon._apply`` hands each of them on, or the
+# code that uses it reads the current settings every time. Every other setting is read at start-up only
+# (the engine, the registry and its discovery, diagnostics, telemetry, the bus, sessions, ...): a change
+# to it is reported under ``restart_required`` and the running value kept. A new setting therefore
+# needs a restart until it is wired into ``_apply`` and named here.
+APPLIED_LIVE = (
+    "shutdown_grace_s",
+    "model.think",
+    "model.no_think",
+    "requests.max_text_chars",
+    "requests.max_context_bytes",
+    "requests.dedupe_window_s",
+    "requests.dedupe_max_rows",
+    "requests.default_deadline_ms",
+    "requests.include_reasoning",
+    "requests.rate_limit",
+    "requests.reply_prefixes",
+    "commands",
+    "log.level",
+    "log.levels",
+    "health",
+    "stats",
 )
 _MISSING = object()
 
@@ -96,7 +102,7 @@ class Reloader:
 
 
 def needs_restart(path: str) -> bool:
-    return any(path == p or path.startswith(p + ".") for p in RESTART_REQUIRED)
+    return not any(path == p or path.startswith(p + ".") for p in APPLIED_LIVE)
 
 
 def changed_paths(old: Settings, new: Settings) -> list[str]:
@@ -119,15 +125,16 @@ def plan(old: Settings, new: Settings) -> ReloadPlan:
     changed = changed_paths(old, new)
     restart = [p for p in changed if needs_restart(p)]
     applied = [p for p in changed if not needs_restart(p)]
-    effective = _keep_restart_only(old, new) if restart else new
+    effective = _take_live(old, new) if restart else new
     return ReloadPlan(effective, changed, applied, restart)
 
 
-def _keep_restart_only(old: Settings, new: Settings) -> Settings:
-    data, before = new.model_dump(), old.model_dump()
-    for path in RESTART_REQUIRED:
+def _take_live(old: Settings, new: Settings) -> Settings:
+    """The running settings with only the live ones taken from ``new``."""
+    data, after = old.model_dump(), new.model_dump()
+    for path in APPLIED_LIVE:
         *parents, leaf = path.split(".")
-        target, source = data, before
+        target, source = data, after
         for part in parents:
             target, source = target[part], source[part]
         target[leaf] = source[leaf]
