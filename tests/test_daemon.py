@@ -293,15 +293,25 @@ def test_warm_up_fills_the_prompt_cache_before_going_online(start_daemon, client
     assert cached[True][0] > 0.9 * cached[True][1]  # all but the request's own words
 
 
-def test_stop_closes_the_engine_it_loaded_and_joins_its_thread(start_daemon, client_for):
-    """A daemon's engine thread must not outlive stop(): a thread left inside MLX at interpreter exit can abort
-    the process, turning a clean stop (or exit code 3) into SIGABRT for the service manager."""
-    import threading
+def test_stop_closes_the_engine_it_loaded(start_daemon, client_for):
+    """The engine a daemon loaded is closed by its stop(): no step runs after it, and new work is refused."""
+    from edged.engine.types import GenerationRequest
+    from edged.settings import SamplingSettings
 
-    before = set(threading.enumerate())
     d = start_daemon(own_engine=True)
-    assert client_for(d.base).request("command", {"text": "lights on"})["status"] in ("ok", "error")
-    engine_threads = [t for t in set(threading.enumerate()) - before if t.name == "edged-engine"]
-    assert len(engine_threads) == 1
+    assert client_for(d.base).request("query", {"text": "is pump 3 ok?"})["status"] == "ok"
+    engine = d.engine
     d.stop()
-    assert not engine_threads[0].is_alive()
+    steps = engine.scheduler.steps
+    failed: list[object] = []
+    engine.submit(
+        GenerationRequest(
+            [{"role": "user", "content": "hi"}],
+            "no_think",
+            SamplingSettings(temperature=0.0, top_p=1.0, top_k=0, max_tokens=4),
+            None,
+        ),
+        failed.append,
+    )
+    assert isinstance(failed[0], RuntimeError) and "closed" in str(failed[0])
+    assert engine.scheduler.steps == steps

@@ -141,3 +141,31 @@ def test_a_constrained_answer_is_stop_exactly_when_it_is_whole(engine):
         assert gen.finish_reason == ("stop" if whole else "length"), (limit, gen.answer)
         seen.add(gen.finish_reason)
     assert seen == {"stop", "length"}
+
+
+EXIT_SCRIPT = """
+import sys
+from edged.engine.mlx import MlxEngine
+from edged.engine.types import GenerationRequest, generate
+from edged.settings import ModelSettings, SamplingSettings
+
+engine = MlxEngine(ModelSettings(path=sys.argv[1]))
+greedy = SamplingSettings(temperature=0.0, top_p=1.0, top_k=0, max_tokens=4)
+generate(engine, GenerationRequest([{"role": "user", "content": "hi"}], "no_think", greedy, None))
+engine.close()
+"""
+
+
+@pytest.mark.parametrize("attempt", range(2))
+def test_a_process_exits_cleanly_after_closing_an_engine_that_generated(attempt, tiny_model_dir, tmp_path):
+    """Closing an engine that has generated must not make the process abort at exit (SIGABRT from MLX's
+    teardown when its engine thread had ended): a daemon stopped by its service manager exits with its code."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "close_and_exit.py"
+    script.write_text(EXIT_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script), str(tiny_model_dir)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]

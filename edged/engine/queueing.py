@@ -69,6 +69,7 @@ class StepScheduler(Generic[S, C]):
         self._unstarted: list[S] = []  # accepted, prefill not begun: the ones ``withdraw`` can take back
         self._classes: dict[Priority, C] = {p: self._new_class() for p in PRIORITIES}
         self._closed = False
+        self._stopped = threading.Event()  # the loop has taken its last step
         self.steps = 0  # steps taken since start
         self.largest_batch = 0  # the most sequences one decode step has fed
         self._thread = threading.Thread(target=self._run, name="edged-engine", daemon=True)
@@ -88,6 +89,9 @@ class StepScheduler(Generic[S, C]):
 
     def _release(self, seq: S) -> None:
         """Give back what a failed ``seq`` holds in the engine (nothing, unless the engine says so)."""
+
+    def _after_close(self) -> None:
+        """What the engine thread does once the loop has stopped (return: the thread ends)."""
 
     # -- the callers' side -------------------------------------------------------------------
     def submit(self, seq: S) -> None:
@@ -110,11 +114,11 @@ class StepScheduler(Generic[S, C]):
         return seq
 
     def close(self) -> None:
-        """Stop the engine thread; what is still in flight (and not withdrawn) fails."""
+        """Stop stepping and wait for the last step to end; what is still in flight (and not withdrawn) fails."""
         with self._cond:
             self._closed = True
             self._cond.notify()
-        self._thread.join(timeout=30)
+        self._stopped.wait(timeout=30)
 
     def in_flight(self) -> int:
         """Sequences accepted that have not ended."""
@@ -157,6 +161,8 @@ class StepScheduler(Generic[S, C]):
             for seq in [*c.waiting, *c.batch]:
                 if not seq.withdrawn:
                     seq.fail(RuntimeError("the engine was closed"))
+        self._stopped.set()
+        self._after_close()
 
     def _take_incoming(self) -> None:
         """Queue what was submitted, drop what was withdrawn (call with the lock held)."""
