@@ -46,6 +46,7 @@ from edged.settings import Settings
 log = structlog.get_logger("edged.app")
 
 STOP, RELOAD = "stop", "reload"  # control messages for the main thread (signals); admin requests come as Admin
+Control = str | Admin  # what the main thread is asked to do: STOP, RELOAD or an admin request
 PACKET_HEADROOM = 65_536 + 1024  # MQTT 5 Maximum Packet Size: the payload limit plus the longest topic and properties
 EXIT_BROKER_REFUSED = 3  # the broker refused edged's credentials or certificate: a restart cannot help
 
@@ -75,14 +76,14 @@ class Daemon:
         engine_factory: Callable[[Settings], Engine],
         *,
         notifier: Notifier | None = None,
-        control: queue.SimpleQueue[Any] | None = None,
+        control: queue.SimpleQueue[Control] | None = None,
         reload_settings: Callable[[], Settings] | None = None,
     ):
         self.settings = settings
         self._engine_factory = engine_factory
         self.base = settings.base
         self.ready = threading.Event()
-        self.control: queue.SimpleQueue[Any] = control or queue.SimpleQueue()
+        self.control: queue.SimpleQueue[Control] = control or queue.SimpleQueue()
         self.notifier = notifier or Notifier.from_env()
         self._stopping = threading.Event()
         self.exit_code = 0
@@ -285,7 +286,7 @@ class Daemon:
         while (item := self._next_control()) != STOP:
             self.reload(item if isinstance(item, Admin) else None)
 
-    def _next_control(self) -> Any:
+    def _next_control(self) -> Control:
         """The next control message. Python runs signal handlers only on the main thread, between bytecodes,
         and a blocking wait is cut short only by a signal the kernel delivers to that thread; one delivered
         to another thread (MLX's, OpenBLAS's) would wait for the next message. Waking every second bounds
@@ -451,7 +452,7 @@ def run(
     settings: Settings,
     engine_factory: Callable[[Settings], Engine],
     *,
-    control: queue.SimpleQueue[Any] | None = None,
+    control: queue.SimpleQueue[Control] | None = None,
     reload_settings: Callable[[], Settings] | None = None,
 ) -> int:
     """Run until STOP arrives on ``control`` (the CLI puts it there on SIGTERM/SIGINT, RELOAD on SIGHUP).

@@ -11,7 +11,7 @@ import queue
 import signal
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import structlog
 from pydantic import ValidationError
@@ -22,6 +22,9 @@ from edged.engine.blas import preload_blas
 from edged.models import cli as model_cli
 from edged.ops.logs import setup_logging
 from edged.settings import Settings, error_lines, load_settings, warn_exposed_secret
+
+if TYPE_CHECKING:
+    from edged.app import Control
 
 EXIT_CONFIG = 2
 log = structlog.get_logger("edged.cli")
@@ -135,11 +138,11 @@ def _load(config: Path | None, **overrides: object) -> Settings | None:
     return None
 
 
-def _control_on_signals() -> queue.SimpleQueue:
+def _control_on_signals() -> queue.SimpleQueue[Control]:
     """SIGTERM/SIGINT put ``stop``, SIGHUP ``reload`` on the daemon's control queue (SimpleQueue.put is signal-safe)."""
     from edged.app import RELOAD, STOP
 
-    control: queue.SimpleQueue = queue.SimpleQueue()
+    control: queue.SimpleQueue[Control] = queue.SimpleQueue()
 
     def handler(signum: int, _frame: object) -> None:
         log.info("signal", signal=signal.Signals(signum).name)

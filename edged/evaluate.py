@@ -10,6 +10,7 @@ model), with the share of the set each layer answered.
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import time
@@ -214,14 +215,14 @@ RUNS: dict[str, dict[str, Any]] = {
 }
 
 
-def _service(engine: Any, model_settings: Any, control: DeviceControl) -> Service:
+def _service(engine: Engine, model_settings: ModelSettings, control: DeviceControl) -> Service:
     sessions = SessionStore(max_turns=0, max_tokens=0, idle_s=1, max_sessions=1)
     return Service(engine, sessions, model_settings, devices=control)
 
 
 def evaluate(
-    engine: Any,
-    model_settings: Any,
+    engine: Engine,
+    model_settings: ModelSettings,
     control_factory: Callable[..., DeviceControl],
     cases: list[Case],
     *,
@@ -249,7 +250,10 @@ def evaluate(
 
 
 def grounding_comparison(
-    engine: Any, model_settings: Any, control_factory: Callable[..., DeviceControl], pipeline: list[CaseResult]
+    engine: Engine,
+    model_settings: ModelSettings,
+    control_factory: Callable[..., DeviceControl],
+    pipeline: list[CaseResult],
 ) -> dict[str, dict[str, Any]]:
     """Model-path accuracy on the cases the pipeline left to the model: grounded (as run) vs plain."""
     left = [o for o in pipeline if o.resolved_by == "model"]
@@ -282,7 +286,7 @@ class RefusingEngine:
         pass
 
 
-def cli_eval(args: Any, settings: Any) -> int:
+def cli_eval(args: argparse.Namespace, settings: Settings) -> int:
     """``edged eval``: the pipeline on a set; ``--compare`` adds the model alone, ``--grounding`` grounded vs plain."""
     from edged.devices.confirmations import Confirmations
     from edged.devices.registry import RegistryStore
