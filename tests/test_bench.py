@@ -143,3 +143,20 @@ def test_bench_diagnostics_reports_tokens_progress_and_the_thinking_budget(
     assert all(
         r["result"]["result"]["sensors"][0].startswith("pump_3/") for r in doc["runs"] if r["result"]["status"] == "ok"
     )
+
+
+def test_ceiling_splits_a_forward_pass_into_fixed_and_per_position_cost(tiny_model_dir: Path) -> None:
+    """``python -m edged.bench.scheduling --ceiling``: a time per width, and the fit into fixed and per position."""
+    import re
+
+    done = subprocess.run(
+        [sys.executable, "-m", "edged.bench.scheduling", "--ceiling", str(tiny_model_dir)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    widths = re.findall(r"^\s*(\d+) new positions after \d+: +([\d.]+) ms", done.stdout, re.M)
+    assert [int(n) for n, _ in widths] == [1, 8, 32, 128] and all(float(ms) > 0 for _, ms in widths)
+    fit = re.search(r"fixed per forward pass (-?[\d.]+) ms, per position (-?[\d.]+) ms", done.stdout)
+    assert fit is not None and float(fit.group(2)) > 0, done.stdout

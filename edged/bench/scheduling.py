@@ -2,15 +2,20 @@
 
 - command latency alone vs while a long query is decoding (the command preempts it);
 - 8 concurrent commands decoded as one batch vs the same 8 one after another;
-- sampled vs grammar-forced tokens per command (jump-forward).
+- sampled vs grammar-forced tokens per command (jump-forward);
+- ``--ceiling``: what one forward pass costs after the registry prompt, for 1 to 128 new positions,
+  split into a fixed part (paid once per step, however many rows it feeds: what batching saves) and
+  a part per position (paid by every token of every row: what batching cannot save).
 
-Run: ``python -u -m edged.bench.scheduling [--batch-only] [model_dir]`` (default: the demo model, imported on first
-use).
+Run: ``python -u -m edged.bench.scheduling [--batch-only | --ceiling] [model_dir]`` (default: the demo model,
+imported on first use).
 Figures are printed; nothing is asserted. The machine's other load changes them: compare within one run.
 """
 
 from __future__ import annotations
 
+import copy
+import statistics
 import sys
 import threading
 import time
@@ -21,9 +26,13 @@ from edged.engine.blas import preload_blas
 
 preload_blas("auto")  # as `edged run` does, before anything imports mlx
 
+import mlx.core as mx  # noqa: E402
+from mlx_lm.models.cache import make_prompt_cache  # noqa: E402
+
 from edged.devices.actions import output_model  # noqa: E402
 from edged.devices.prompts import device_messages  # noqa: E402
 from edged.devices.registry import load_registry  # noqa: E402
+from edged.engine.forward import Forward  # noqa: E402
 from edged.engine.mlx import MlxEngine  # noqa: E402
 from edged.engine.types import Generation  # noqa: E402
 from edged.models.store import ensure_demo_model  # noqa: E402
@@ -63,11 +72,15 @@ def command(engine: MlxEngine, text: str, *, jump_forward: bool | None = None) -
 def main() -> None:
     args = sys.argv[1:]
     only_batch = "--batch-only" in args
-    args = [a for a in args if a != "--batch-only"]
+    only_ceiling = "--ceiling" in args
+    args = [a for a in args if a not in ("--batch-only", "--ceiling")]
     path = args[0] if args else str(ensure_demo_model())
     engine = MlxEngine(ModelSettings(path=path, name="SmolLM2-135M-Instruct", seed=0, scheduler={"max_batch": 8}))
     command(engine, "warm up: turn on the porch light")  # grammar tokenizer and the registry prefix
-
+    if only_ceiling:
+        ceiling(engine)
+        engine.close()
+        return
     if not only_batch:
         per_command(engine)
     batch(engine)
@@ -148,6 +161,32 @@ def batch(engine: MlxEngine) -> None:
         f"({sum(g.completion_tokens for g in batched) / batch_s:.1f} tok/s), "
         f"largest batch {engine.scheduler.largest_batch}, identical outputs {same}/{len(UTTERANCES)}"
     )
+
+
+def ceiling(engine: MlxEngine, widths: tuple[int, ...] = (1, 8, 32, 128), repeats: int = 3) -> None:
+    """Median time of a forward pass feeding ``n`` new positions after the registry prompt's KV cache."""
+    print("== forward pass cost after the registry prompt ==")
+    prompt = engine.render(device_messages(REGISTRY, "turn on the porch light", states={}), "no_think")
+    forward = Forward(engine.model)
+    base = make_prompt_cache(engine.model)
+    mx.eval(forward.last(mx.array(prompt)[None], base))
+    seconds: dict[int, float] = {}
+    for n in widths:
+        runs = []
+        for _ in range(repeats):
+            cache = copy.deepcopy(base)
+            mx.eval([layer.state for layer in cache])
+            started = time.perf_counter()
+            mx.eval(forward.last(mx.array(prompt[-n:])[None], cache))
+            runs.append(time.perf_counter() - started)
+        seconds[n] = statistics.median(runs)
+        print(
+            f"{n:4} new positions after {len(prompt)}: {seconds[n] * 1000:8.1f} ms ({n / seconds[n]:6.1f} positions/s)"
+        )
+    wide, narrow = max(widths), min(widths)
+    per = (seconds[wide] - seconds[narrow]) / (wide - narrow)
+    fixed = seconds[narrow] - narrow * per
+    print(f"fixed per forward pass {fixed * 1000:.1f} ms, per position {per * 1000:.2f} ms")
 
 
 if __name__ == "__main__":
