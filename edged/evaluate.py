@@ -25,7 +25,7 @@ import structlog
 from edged.devices.commands import DeviceControl
 from edged.devices.registry import Registry
 from edged.devices.state import DeviceStates
-from edged.engine.types import Done, Engine, Generation, GenerationRequest
+from edged.engine.types import AnswersAtOnce, Done, Engine, Generation, GenerationRequest
 from edged.ops.progressbar import progress as progress_bar
 from edged.protocol import Request, Result
 from edged.service.handler import Job, Service
@@ -264,7 +264,7 @@ def grounding_comparison(
     return {"grounded": summarise(left), "plain": summarise(plain)}
 
 
-class RefusingEngine:
+class RefusingEngine(AnswersAtOnce):
     """``edged eval --model none``: measures the layers before the model; what reaches it is refused."""
 
     name = "none"
@@ -273,17 +273,8 @@ class RefusingEngine:
     def submit(self, request: GenerationRequest, on_done: Done) -> None:
         on_done(Generation('{"actions": [], "say": "no model"}', None, 0, 0, 0, 0.0, 0.0, "stop"))
 
-    def queued(self) -> int:
-        return 0
-
-    def withdraw(self) -> list[GenerationRequest]:
-        return []
-
     def count_tokens(self, text: str) -> int:
         return len(text.split())
-
-    def close(self) -> None:
-        pass
 
 
 def cli_eval(args: argparse.Namespace, settings: Settings) -> int:

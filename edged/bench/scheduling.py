@@ -14,8 +14,6 @@ Figures are printed; nothing is asserted. The machine's other load changes them:
 
 from __future__ import annotations
 
-import copy
-import statistics
 import sys
 import threading
 import time
@@ -26,13 +24,10 @@ from edged.engine.blas import preload_blas
 
 preload_blas("auto")  # as `edged run` does, before anything imports mlx
 
-import mlx.core as mx  # noqa: E402
-from mlx_lm.models.cache import make_prompt_cache  # noqa: E402
-
 from edged.devices.actions import output_model  # noqa: E402
 from edged.devices.prompts import device_messages  # noqa: E402
 from edged.devices.registry import load_registry  # noqa: E402
-from edged.engine.forward import Forward  # noqa: E402
+from edged.engine.costs import forward_seconds  # noqa: E402
 from edged.engine.mlx import MlxEngine  # noqa: E402
 from edged.engine.types import Generation  # noqa: E402
 from edged.models.store import ensure_demo_model  # noqa: E402
@@ -163,26 +158,14 @@ def batch(engine: MlxEngine) -> None:
     )
 
 
-def ceiling(engine: MlxEngine, widths: tuple[int, ...] = (1, 8, 32, 128), repeats: int = 3) -> None:
+def ceiling(engine: MlxEngine, widths: tuple[int, ...] = (1, 8, 32, 128)) -> None:
     """Median time of a forward pass feeding ``n`` new positions after the registry prompt's KV cache."""
     print("== forward pass cost after the registry prompt ==")
     prompt = engine.render(device_messages(REGISTRY, "turn on the porch light", states={}), "no_think")
-    forward = Forward(engine.model)
-    base = make_prompt_cache(engine.model)
-    mx.eval(forward.last(mx.array(prompt)[None], base))
-    seconds: dict[int, float] = {}
+    seconds = forward_seconds(engine.model, prompt, widths)
     for n in widths:
-        runs = []
-        for _ in range(repeats):
-            cache = copy.deepcopy(base)
-            mx.eval([layer.state for layer in cache])
-            started = time.perf_counter()
-            mx.eval(forward.last(mx.array(prompt[-n:])[None], cache))
-            runs.append(time.perf_counter() - started)
-        seconds[n] = statistics.median(runs)
-        print(
-            f"{n:4} new positions after {len(prompt)}: {seconds[n] * 1000:8.1f} ms ({n / seconds[n]:6.1f} positions/s)"
-        )
+        rate = n / seconds[n]
+        print(f"{n:4} new positions after {len(prompt)}: {seconds[n] * 1000:8.1f} ms ({rate:6.1f} positions/s)")
     wide, narrow = max(widths), min(widths)
     per = (seconds[wide] - seconds[narrow]) / (wide - narrow)
     fixed = seconds[narrow] - narrow * per

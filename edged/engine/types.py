@@ -111,6 +111,20 @@ class Engine(Protocol):
         ...
 
 
+class AnswersAtOnce:
+    """The queue half of :class:`Engine` for engines that answer inside ``submit`` (no model behind them,
+    or a stand-in): nothing waits, so nothing can be withdrawn, and there is no thread to stop."""
+
+    def queued(self) -> int:
+        return 0
+
+    def withdraw(self) -> list[GenerationRequest]:
+        return []
+
+    def close(self) -> None:
+        return None
+
+
 def generate(engine: Engine, request: GenerationRequest) -> Generation:
     """Submit ``request`` and wait for it: the generation, or the exception the engine reported."""
     finished = threading.Event()
