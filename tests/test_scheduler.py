@@ -215,3 +215,32 @@ def test_a_request_expired_in_the_queue_ends_without_prefill(engine):
     gen = generate(engine, request)
     assert (gen.finish_reason, gen.completion_tokens, gen.steps, gen.cached_tokens) == ("stopped", 0, 0, 0)
     assert asked == [1]
+
+
+@pytest.mark.parametrize("which", ["engine", "smol_engine"])
+def test_commands_waiting_together_are_prefilled_in_one_step_and_match_single_runs(request, which):
+    """Commands queued at once, after the registry prefix is cached, have the rest of their prompts
+    prefilled together (one forward pass) and still give each one's greedy tokens alone."""
+    from edged.engine.types import GenerationRequest
+
+    engine = request.getfixturevalue(which)
+    singles = [engine.generate(_command(t), "no_think", GREEDY, schema=SCHEMA, priority="high") for t in UTTERANCES]
+    grouped_before = engine.scheduler.grouped_prefills
+    results: dict[int, object] = {}
+    done = threading.Event()
+
+    def finished(i: int):
+        def record(outcome: object) -> None:
+            results[i] = outcome
+            if len(results) == len(UTTERANCES):
+                done.set()
+
+        return record
+
+    with engine.scheduler._cond:  # the engine thread takes all of them in at once
+        for i, text in enumerate(UTTERANCES):
+            request_ = GenerationRequest(_command(text), "no_think", GREEDY, SCHEMA, priority="high")
+            engine.submit(request_, finished(i))
+    assert done.wait(600)
+    assert engine.scheduler.grouped_prefills > grouped_before
+    assert [results[i].tokens for i in range(len(UTTERANCES))] == [s.tokens for s in singles]

@@ -21,6 +21,7 @@ Fairness: a runnable lower class that has waited ``fair_share`` steps gets the n
 from __future__ import annotations
 
 import threading
+from collections import deque
 from typing import Any
 
 import mlx.core as mx
@@ -36,6 +37,8 @@ from edged.engine.queueing import guarded as _guarded
 # Tokens one batched decode step feeds at most (a lone sequence feeds its whole forced chunk): in a
 # batch, every row is padded to the longest, so long forced chunks are fed a few tokens per step.
 BATCH_STEP_TOKENS = 32
+# Prefill chunks one step may feed when it prefills several waiting sequences together.
+GROUP_CHUNKS = 4
 
 
 class _Class(PriorityClass[Sequence]):
@@ -70,6 +73,7 @@ class Scheduler(StepScheduler[Sequence, _Class]):
         self._forward = Forward(model)
         self.share_prefix = share_prefix
         self._prefixes = prefixes
+        self.grouped_prefills = 0  # steps that prefilled several sequences together
         super().__init__(max_batch=max_batch, fair_share=fair_share, prefill_chunk=prefill_chunk)
 
     def _new_class(self) -> _Class:
@@ -94,9 +98,12 @@ class Scheduler(StepScheduler[Sequence, _Class]):
             self._finish(seq)
             return
         if seq.cache is None:  # its first step: take the longest cached start of the prompt
-            seq.step_span = (seq.step_span[0], self.steps, 0)
-            cache, cached = self._prefixes.take(seq.prompt) if self._prefixes is not None else (None, 0)
-            seq.begin(cache if cache is not None else make_prompt_cache(self._model), cached)
+            self._begin(seq)
+        if self._short_rest(seq) and len(c.waiting) > 1 and len(c.batch) + 1 < self.max_batch:
+            group = self._gather(c, seq)
+            if len(group) > 1:
+                self._prefill_together(c, group)
+                return
         assert seq.cache is not None
         size = min(len(seq.pending), self.prefill_chunk)
         to_prefix = seq.static_prefix - len(seq.fed)
@@ -124,6 +131,85 @@ class Scheduler(StepScheduler[Sequence, _Class]):
         else:
             self._join(c, seq)
 
+    def _begin(self, seq: Sequence) -> None:
+        seq.step_span = (seq.step_span[0], self.steps, 0)
+        cache, cached = self._prefixes.take(seq.prompt) if self._prefixes is not None else (None, 0)
+        seq.begin(cache if cache is not None else make_prompt_cache(self._model), cached)
+
+    # -- prefill together: several sequences whose static prefix was cached ----------------
+    def _short_rest(self, seq: Sequence) -> bool:
+        """Begun after a cached prefix that covers its static prompt, with at most a chunk left to feed."""
+        return (
+            seq.cached_tokens > 0 and seq.static_prefix <= seq.cached_tokens and len(seq.pending) <= self.prefill_chunk
+        )
+
+    def _gather(self, c: _Class, first: Sequence) -> list[Sequence]:
+        """``first`` and the waiting sequences behind it that can be prefilled with it, in order, while the
+        batch has room and the step stays within GROUP_CHUNKS prefill chunks (a step bounds how long a more
+        urgent request waits). Each one gathered has begun; one that cannot join stops the gathering."""
+        group, positions = [first], len(first.pending)
+        for seq in list(c.waiting)[1:]:
+            if len(c.batch) + len(group) >= self.max_batch:
+                break
+            with self._cond:
+                if seq.withdrawn:
+                    continue
+                self._start(seq)
+            if seq.cache is None:
+                if seq.expired():
+                    seq.finish = "stopped"
+                    c.waiting = deque(other for other in c.waiting if other is not seq)
+                    self._finish(seq)
+                    continue
+                self._begin(seq)
+            if not self._short_rest(seq) or positions + len(seq.pending) > GROUP_CHUNKS * self.prefill_chunk:
+                break  # it is prefilled on its own when its turn comes
+            group.append(seq)
+            positions += len(seq.pending)
+        return group
+
+    def _prefill_together(self, c: _Class, group: list[Sequence]) -> None:
+        """One forward pass feeds every sequence of ``group`` the rest of its prompt (rows padded in front,
+        the padding masked), samples each one's first token, and the unfinished ones join the batch."""
+        c.waiting = deque(seq for seq in c.waiting if all(seq is not member for member in group))
+        rows = _Class()
+        try:
+            for seq in group:
+                self._join(rows, seq)
+            self._decode(rows, whole=True)
+        except Exception as exc:  # the step fails them all: the loop fails the first, these the rest
+            for seq in group[1:]:
+                seq.fail(exc)
+            raise
+        self.grouped_prefills += 1
+        self._merge(c, rows)
+
+    def _merge(self, c: _Class, rows: _Class) -> None:
+        """Add the batch ``rows`` to the class's batch; their common start stays held once."""
+        if not rows.batch:
+            return
+        if c.cache is None:
+            c.cache, c.shared, c.batch = rows.cache, rows.shared, rows.batch
+            return
+        assert rows.cache is not None
+        if self.share_prefix:
+            common = min(len(c.shared), len(rows.shared))
+            same = next((i for i in range(common) if c.shared[i] != rows.shared[i]), common)
+            for part in (c.cache, rows.cache):
+                if part[0].shared is None:  # a lone row holds its tokens from the first; rows share nothing
+                    same = min(same, part[0].used - 1) if part[0].rows == 1 else 0
+            for part in (c.cache, rows.cache):
+                for layer in part:
+                    if layer.shared is None:
+                        if same > 0:
+                            layer.share_first(same)
+                    else:
+                        layer.share_less(same)
+            c.shared = c.shared[:same]
+        for ours, theirs in zip(c.cache, rows.cache):
+            ours.extend(theirs)
+        c.batch += rows.batch
+
     def _join(self, c: _Class, seq: Sequence) -> None:
         assert seq.cache is not None
         layers = [RaggedKVCache.of(layer) for layer in seq.cache]
@@ -144,11 +230,13 @@ class Scheduler(StepScheduler[Sequence, _Class]):
         c.batch.append(seq)
 
     # -- decode: the class's batch, one forward pass ----------------------------------------
-    def _decode(self, c: _Class) -> None:
+    def _decode(self, c: _Class, *, whole: bool = False) -> None:
+        """``whole``: feed every row all its pending tokens (a prefill together), else a decode step's share."""
         assert c.cache is not None
         size = len(c.batch)
         self.largest_batch = max(self.largest_batch, size)
-        cap = max(len(seq.pending) for seq in c.batch) if size == 1 else max(1, BATCH_STEP_TOKENS // size)
+        longest = max(len(seq.pending) for seq in c.batch)
+        cap = longest if whole or size == 1 else max(1, BATCH_STEP_TOKENS // size)
         feeds = [seq.pending[:cap] for seq in c.batch]
         lengths = [len(feed) for feed in feeds]
         width = max(lengths)
